@@ -1,0 +1,3 @@
+from nextls.cli import main
+import sys
+sys.exit(main())

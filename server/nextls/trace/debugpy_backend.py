@@ -1,0 +1,173 @@
+"""Trace capture through debugpy: the test runs under the debugger, driven over DAP.
+
+Technique (the fastest of those measured, see README "Tracing"): the harness stops at a breakpoint
+just before the traced test; the client injects `nextls_recorder`'s source into the debuggee with one
+`evaluate` and starts it; at a second breakpoint just after the test it stops the recorder, which
+writes the trace to a file. Stepping costs ~5 ms a line and logpoints ~0.3 ms a line, each a DAP
+round trip; the injected recorder costs microseconds a line and no traffic at all. Because the
+in-process backend runs the very same recorder, both render byte-identical traces.
+
+debugpy's adapter writes a header and a body as two small writes; with Nagle's algorithm on, each
+request then stalls ~40 ms on a delayed ACK. A `sitecustomize.py` put first on the debuggee's path
+turns on TCP_NODELAY for its sockets (the adapter inherits the path), then chains to any other one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import debugpy
+
+from nextls.sandbox import Limits, ProcessResult, run_process
+from nextls.trace.dap import DapClient, DapError
+
+RECORDER_SOURCE_PATH = Path(__file__).resolve().parent.parent / "child" / "nextls_recorder.py"
+
+SITECUSTOMIZE = '''\
+"""Written by nextls: TCP_NODELAY for debugpy's sockets, then the next sitecustomize on the path."""
+import importlib.machinery
+import os
+import socket
+import sys
+
+_connect = socket.socket.connect
+_accept = socket.socket.accept
+
+
+def _no_delay(sock):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def connect(self, address):
+    result = _connect(self, address)
+    _no_delay(self)
+    return result
+
+
+def accept(self):
+    conn, address = _accept(self)
+    _no_delay(conn)
+    return conn, address
+
+
+socket.socket.connect = connect
+socket.socket.accept = accept
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_others = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
+_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", _others)
+if _spec is not None and _spec.loader is not None:
+    _module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
+'''
+
+_shim_lock = threading.Lock()
+_shim: Path | None = None
+
+
+def shim_dir() -> Path:
+    """A folder for the debuggee's path: debugpy itself (linked) and the sitecustomize above."""
+    global _shim
+    with _shim_lock:
+        if _shim is None:
+            folder = Path(tempfile.mkdtemp(prefix="nextls-debugpy-"))
+            os.chmod(folder, 0o755)  # a sandboxed child may run as another user
+            (folder / "debugpy").symlink_to(Path(debugpy.__file__).resolve().parent)
+            (folder / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+            atexit.register(shutil.rmtree, folder, True)
+            _shim = folder
+        return _shim
+
+
+def _inject_and_start(trace_spec: dict) -> str:
+    """One expression that loads the recorder from source inside the debuggee and starts it."""
+    source = RECORDER_SOURCE_PATH.read_text(encoding="utf-8")
+    return ("(lambda sys, types: (lambda module: (sys.modules.__setitem__('nextls_recorder', module), "
+            "exec(compile(%r, 'nextls_recorder.py', 'exec'), module.__dict__), "
+            "module.start(%r, %r, %d))[-1])(types.ModuleType('nextls_recorder')))"
+            "(__import__('sys'), __import__('types'))"
+            % (source, trace_spec["filename"], trace_spec["qualname"], trace_spec["max_steps"]))
+
+
+def _stop_and_write(trace_spec: dict) -> str:
+    return "__import__('sys').modules['nextls_recorder'].stop(%r)" % trace_spec["out"]
+
+
+def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec: dict, limits: Limits,
+               cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
+    """Run the harness under debugpy and drive it; return the process result and the recorded trace."""
+    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(shim_dir()), env.get("PYTHONPATH")])))
+    abort = threading.Event()
+    outcome: list[ProcessResult] = []
+    child = threading.Thread(
+        target=lambda: outcome.append(run_process(argv, cwd=work_dir, env=env, limits=limits, cancel=abort)),
+        name="nextls-debuggee", daemon=True)
+    child.start()
+    watcher = _CancelWatcher(cancel, abort)
+    try:
+        _drive(trace_spec, child, limits.wall_time)
+    except DapError:
+        abort.set()  # a debuggee left stopped would wait for its time limit; the test results say what happened
+    finally:
+        watcher.stop()
+        child.join()
+    out = Path(trace_spec["out"])
+    return outcome[0], (json.loads(out.read_text("utf-8")) if out.exists() else None)
+
+
+def _drive(trace_spec: dict, child: threading.Thread, timeout: float) -> None:
+    port_file = Path(trace_spec["port_file"])
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if not child.is_alive() or time.monotonic() > deadline:
+            raise DapError("the debuggee never started listening")
+        time.sleep(0.005)
+    client = DapClient.connect(int(port_file.read_text()))
+    try:
+        client.request("initialize", {"clientID": "nextls", "adapterID": "python", "linesStartAt1": True,
+                                      "columnsStartAt1": True, "pathFormat": "path"})
+        # debugpy answers `attach` only after configurationDone
+        attach = client.send("attach", {"justMyCode": False, "subProcess": False, "showReturnValue": True,
+                                        "redirectOutput": False})
+        client.wait_event("initialized", timeout, child.is_alive)
+        client.request("setExceptionBreakpoints", {"filters": []})
+        client.request("configurationDone")
+        client.wait_response(attach, timeout)
+        for expression in (_inject_and_start(trace_spec), _stop_and_write(trace_spec)):
+            thread_id = client.wait_event("stopped", max(0.1, deadline - time.monotonic()), child.is_alive)["threadId"]
+            frames = client.request("stackTrace", {"threadId": thread_id, "levels": 1})["stackFrames"]
+            client.request("evaluate", {"expression": expression, "frameId": frames[0]["id"], "context": "repl"})
+            client.request("continue", {"threadId": thread_id})
+        child.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        client.close()
+
+
+class _CancelWatcher:
+    """Forwards the caller's cancel to the debuggee's process group."""
+
+    def __init__(self, cancel: threading.Event | None, abort: threading.Event) -> None:
+        self._done = threading.Event()
+        self._thread = None
+        if cancel is not None:
+            def watch() -> None:
+                while not self._done.wait(0.02):
+                    if cancel.is_set():
+                        abort.set()
+                        return
+            self._thread = threading.Thread(target=watch, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()

@@ -17,10 +17,19 @@ from nextls.sandbox import Limits, Outcome, ProcessResult, python_argv, run_proc
 
 IS_ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(not IS_ROOT, reason="the sandbox drops privileges only when run as root")
+DEFAULT_LIMITS = Limits()
 
 
-def run_python(code: str, **kwargs: object) -> ProcessResult:
-    return run_process(python_argv(sys.executable, "-c", code), **kwargs)  # type: ignore[arg-type]
+def run_python(
+    code: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cancel: threading.Event | None = None,
+    env: dict[str, str] | None = None,
+    pass_fds: list[int] | None = None,
+) -> ProcessResult:
+    argv = python_argv(sys.executable, "-c", code)
+    return run_process(argv, limits=limits, cancel=cancel, env=env, pass_fds=pass_fds or ())
 
 
 def timed(call: Callable[[], ProcessResult]) -> tuple[ProcessResult, float]:

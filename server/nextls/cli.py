@@ -46,6 +46,28 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      limits=Limits(wall_time=max(30.0, args.timeout * 6)))
 
 
+def print_results(results, indent: str = "#   ") -> None:
+    for result in results:
+        first_line = result.message.splitlines()[0] if result.message else ""
+        print(f"{indent}{result.outcome.value:>8}  {result.id}" + (f"  -- {first_line}" if first_line else ""))
+
+
+def print_trace_report(report, path: Path, backend: str) -> bool:
+    """The tests and the naturalized trace, as `nextls trace` prints them; False when nothing was traced."""
+    failing = report.failing
+    print(f"# {report.span.qualname} in {path}: {len(report.results)} test result(s), {len(failing)} failing")
+    print_results(report.results)
+    if report.trace is None:
+        print("# every test passes: nothing to trace (use --test ID to trace a passing one)"
+              if not failing else "# no trace was recorded (the traced test's process did not finish)")
+        return False
+    steps = f"{report.trace.steps} steps" + (", cut short" if report.trace.truncated else "")
+    print(f"# traced {report.traced_test.id} with the {backend} backend ({steps})")
+    print()
+    sys.stdout.write(report.rendered)
+    return True
+
+
 def command_trace(args: argparse.Namespace) -> int:
     from nextls.trace.capture import trace_function
     from nextls.trace.render import RenderOptions
@@ -56,20 +78,133 @@ def command_trace(args: argparse.Namespace) -> int:
                             config=run_config(args), max_steps=args.max_steps, render_options=options)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_trace_report(report, path, args.backend)
+    return 0
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="X.gguf", help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--lora", metavar="A.gguf", help="LoRA adapter GGUF applied on top of the model")
+    parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
+    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: llama.cpp's choice)")
+    parser.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=512, help="tokens per answer (default: %(default)s)")
+    parser.add_argument("--no-trace", action="store_true", help="leave the execution trace out of the prompt")
+    parser.add_argument("--backend", choices=("inprocess", "debugpy"), default="inprocess",
+                        help="how to capture the trace (default: %(default)s)")
+
+
+def load_runtime(args: argparse.Namespace):
+    from nextls.model import LlamaRuntime, default_lora, resolve_model
+
+    model = resolve_model(args.model)
+    lora = args.lora or default_lora(model)
+    say(f"loading {model.name}" + (f" + {Path(lora).name}" if lora else ""))
+    runtime = LlamaRuntime(model, lora_path=lora, n_ctx=args.ctx, n_threads=args.threads,
+                           n_gpu_layers=args.gpu_layers, seed=args.seed)
+    say(f"model on {runtime.device}")
+    return runtime
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr, so stdout stays the report (and valid JSON with --json)."""
+    print(f"nextls: {message}", file=sys.stderr, flush=True)
+
+
+def fix_options(args: argparse.Namespace):
+    from nextls.fix import FixOptions
+
+    return FixOptions(k=args.k, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                      seed=args.seed, use_trace=not args.no_trace, backend=args.backend,
+                      stop_at_first_verified=args.first)
+
+
+def command_fix(args: argparse.Namespace) -> int:
+    from nextls.fix import fix_function
+
+    path, function = parse_target(args.target)
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    runtime = load_runtime(args)
+    report = fix_function(path, function, runtime, options=fix_options(args), config=run_config(args),
+                          tests_file=args.tests, test_id=args.test, progress=say)
+    best = report.best
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_fix_report(report, path, args)
+    if best is not None and best.verified and args.apply:
+        backup = apply_fix(path, best.new_source)
+        say(f"applied sample {best.index + 1} to {path} (the original is in {backup})")
+    elif args.apply:
+        say(f"not applied: no candidate passes all the tests, {path} is unchanged")
+    if not report.trace.failing:
         return 0
-    failing = report.failing
-    print(f"# {report.span.qualname} in {path}: {len(report.results)} test result(s), {len(failing)} failing")
-    for result in report.results:
-        print(f"#   {result.outcome.value:>8}  {result.id}" + (f"  -- {result.message.splitlines()[0]}"
-                                                               if result.message else ""))
-    if report.trace is None:
-        print("# every test passes: nothing to trace (use --test ID to trace a passing one)"
-              if not failing else "# no trace was recorded (the traced test's process did not finish)")
-        return 0
-    steps = f"{report.trace.steps} steps" + (", cut short" if report.trace.truncated else "")
-    print(f"# traced {report.traced_test.id} with the {args.backend} backend ({steps})")
+    return 0 if best is not None and best.verified else 1
+
+
+def print_fix_report(report, path: Path, args: argparse.Namespace) -> None:
+    if not print_trace_report(report.trace, path, args.backend) and not report.trace.failing:
+        return
     print()
-    sys.stdout.write(report.rendered)
+    verified = len(report.verified)
+    print(f"# {len(report.candidates)} candidate(s) from {Path(args.model).name if args.model else 'SmolLM2-135M-Instruct'}"
+          f" on {report.device}, {verified} verified; "
+          + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.timings.items()))
+    for candidate in report.candidates:
+        detail = (f"passes {candidate.passed}/{len(candidate.results)} tests" if candidate.results
+                  else candidate.reason)
+        print(f"#   sample {candidate.index + 1}: {candidate.status:<9} {detail}")
+    best = report.best
+    if best is None:
+        return
+    print()
+    print(f"## Rationale (sample {best.index + 1})")
+    print(best.candidate.rationale or "(the model gave no rationale)")
+    if best.diff:
+        print()
+        print(f"## Fix (sample {best.index + 1}, {best.status}: passes {best.passed}/{len(best.results)} tests)")
+        sys.stdout.write(best.diff)
+        print()
+        print_results(best.results, indent="    ")
+
+
+def apply_fix(path: Path, new_source: str) -> Path:
+    """Write atomically, keeping the original beside it."""
+    import os
+    import shutil
+    import tempfile
+
+    backup = path.with_name(path.name + ".nextls.bak")
+    shutil.copy2(path, backup)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+        out.write(new_source)
+    shutil.copymode(path, temporary)
+    os.replace(temporary, path)
+    return backup
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    from nextls.fix import fix_function
+
+    path, function = parse_target(args.target)
+    runtime = load_runtime(args)
+    report = fix_function(path, function, runtime, options=fix_options(args), config=run_config(args),
+                          tests_file=args.tests, test_id=args.test, progress=say)
+    if not report.trace.failing:
+        print(f"{report.trace.span.qualname}: every test passes ({len(report.trace.results)} run); nothing to explain")
+        return 0
+    rationale = report.best.candidate.rationale if report.best else ""
+    if args.json:
+        print(json.dumps({"function": report.trace.span.qualname, "rationale": rationale,
+                          "failing": [result.to_json() for result in report.trace.failing]}, indent=2))
+    else:
+        print(rationale or "(the model gave no explanation)")
     return 0
 
 
@@ -91,17 +226,40 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--tail", type=int, default=1, help="entries kept at the end of a repeated line")
     trace.add_argument("--max-tokens", type=int, help="trim the rendered trace to about this many tokens")
     trace.set_defaults(handler=command_trace)
+
+    fix = commands.add_parser("fix", help="sample fixes from the model and verify each against the tests",
+                              description="Trace FILE.py::FUNCTION's failing test, ask the model for k rationale+fix "
+                                          "answers, run every test on each fix, and print the best one as a diff.")
+    fix.add_argument("target", help="FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE")
+    add_run_options(fix)
+    add_model_options(fix)
+    fix.add_argument("-k", type=int, default=4, help="answers to sample (default: %(default)s)")
+    fix.add_argument("--first", action="store_true", help="stop at the first fix that passes every test")
+    fix.add_argument("--apply", action="store_true",
+                     help="write the best fix into the file if it passes every test (keeps FILE.nextls.bak)")
+    fix.set_defaults(handler=command_fix)
+
+    explain = commands.add_parser("explain", help="print the model's explanation of why the function fails",
+                                  description="Trace FILE.py::FUNCTION's failing test and print the model's rationale "
+                                              "(what the hover shows).")
+    explain.add_argument("target", help="FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE")
+    add_run_options(explain)
+    add_model_options(explain)
+    # one greedy answer: its rationale is the explanation
+    explain.set_defaults(handler=command_explain, temperature=0.0, k=1, first=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nextls.model import ModelError
     from nextls.splice import FunctionNotFoundError, SourceSyntaxError
     from nextls.trace.capture import NoTestsError, SourceError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, NoTestsError, SourceError, FunctionNotFoundError, SourceSyntaxError, ValueError) as error:
+    except (UsageError, NoTestsError, SourceError, FunctionNotFoundError, SourceSyntaxError, ModelError,
+            ValueError) as error:
         print(f"nextls {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -169,16 +169,18 @@ def target_module(file: Path, source: str, tests: list[TestCase], *, root: Path 
     """The module the child loads: `source` with the file's own test asserts blanked out.
 
     The asserts are the tests; left in, importing the module would run (and fail on) them all at once.
-    Blanking keeps every other line where it was, so traces and tracebacks keep their line numbers.
+    They are found again in `source` by their text, since a spliced-in fix can move them; blanking keeps
+    every other line where it was, so traces and tracebacks keep their line numbers.
     """
+    own_asserts = {test.source for test in tests if test.kind == "assert" and Path(test.file).resolve() == file.resolve()}
     lines = source.splitlines(keepends=True)
-    for test in tests:
-        if test.kind == "assert" and Path(test.file).resolve() == file.resolve():
-            count = test.source.count("\n") + 1
-            indent = lines[test.line - 1][: len(lines[test.line - 1]) - len(lines[test.line - 1].lstrip())]
-            lines[test.line - 1] = indent + "pass\n"
-            for index in range(test.line, test.line - 1 + count):
-                lines[index] = "\n"
+    if own_asserts:
+        for node in _module_level_asserts(ast.parse(source, str(file))):
+            if ast.get_source_segment(source, node) in own_asserts:
+                first = lines[node.lineno - 1]
+                lines[node.lineno - 1] = first[: len(first) - len(first.lstrip())] + "pass\n"
+                for index in range(node.lineno, node.end_lineno):
+                    lines[index] = "\n"
     module_name, import_root = module_name_for(file)
     return TargetModule(filename=str(file.resolve()), source="".join(lines),
                         root=str((root or find_workspace_root(file)).resolve()), module_name=module_name,

@@ -23,6 +23,7 @@ import reprlib
 import signal
 import sys
 import threading
+import time
 
 RETURN_KEY = "__return__"
 EXCEPTION_KEY = "__exception__"
@@ -78,7 +79,8 @@ class SafeRepr(reprlib.Repr):
                     return handler(value, level)
                 return self._shorten(_without_address(builtin_repr(value)))
             return self._user_repr(value)
-        except BaseException as error:  # noqa: BLE001 - a repr must never take the traced program down
+        except Exception as error:  # noqa: BLE001 - a repr must never take the traced program down
+            # (BaseExceptions pass: the harness's per-test alarm may land here and must reach the test)
             return "<%s object (repr raised %s)>" % (type(value).__qualname__, type(error).__name__)
         finally:
             self._active.discard(key)
@@ -87,8 +89,12 @@ class SafeRepr(reprlib.Repr):
         """Call a repr we do not trust, under a timer when we are on the main thread."""
         if self.user_repr_seconds <= 0 or threading.current_thread() is not threading.main_thread():
             return self._shorten(builtin_repr(value))
+        # the harness's per-test alarm shares this timer: keep its deadline and put it back afterwards
+        outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
+        budget = min(self.user_repr_seconds, outer_left) if outer_left else self.user_repr_seconds
         previous = signal.signal(signal.SIGALRM, _raise_repr_timeout)
-        signal.setitimer(signal.ITIMER_REAL, self.user_repr_seconds)
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, budget)
         try:
             text = builtin_repr(value)
         except _ReprTimeout:
@@ -96,6 +102,8 @@ class SafeRepr(reprlib.Repr):
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer_left:
+                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 1e-6))
         if not isinstance(text, str):
             return "<%s object (repr returned %s)>" % (type(value).__qualname__, type(text).__name__)
         return self._shorten(_without_address(text))
@@ -135,7 +143,8 @@ class Recorder:
         self.events: list[dict] = []
         self.truncated = False
         self._step = 0
-        self._frame_ids: dict[int, int] = {}  # id(frame) -> our frame number
+        self._frame_ids: dict[int, int] = {}  # id(frame) -> our frame number, for live frames
+        self._frames_seen = 0
         self._pending: dict[int, tuple[dict, dict[str, str]]] = {}  # frame number -> (open line event, reprs)
         self._exception: dict[int, str] = {}  # frame number -> exception seen on its last line
         self._codes: dict[object, bool] = {}
@@ -175,7 +184,8 @@ class Recorder:
         if self._step >= self.max_steps:
             self.truncated = True
             return
-        number = len(self._frame_ids)
+        number = self._frames_seen
+        self._frames_seen += 1
         self._frame_ids[id(frame)] = number
         arguments = self._snapshot(frame)
         self._add(number, frame.f_code.co_firstlineno, "call", dict(arguments))
@@ -191,7 +201,8 @@ class Recorder:
             self._close_line(number, frame)
             if self._step >= self.max_steps:
                 self.truncated = True
-                self._finish_frame(number)
+                self._finish_frame(number, frame)
+                frame.f_trace = None  # returning None from a line event would not stop the line events
                 return None
             event_record = self._add(number, frame.f_lineno, "line", {})
             self._pending[number] = (event_record, self._pending[number][1])
@@ -206,7 +217,7 @@ class Recorder:
                     open_line["values"][EXCEPTION_KEY] = self._exception.pop(number)
                 else:
                     open_line["values"][RETURN_KEY] = self.safe.repr(arg)
-            self._finish_frame(number)
+            self._finish_frame(number, frame)
             return None
         return self._local_trace
 
@@ -227,7 +238,8 @@ class Recorder:
         self._pending[number] = ({}, after)
         return open_line or None
 
-    def _finish_frame(self, number: int) -> None:
+    def _finish_frame(self, number: int, frame) -> None:
+        self._frame_ids.pop(id(frame), None)  # a later frame may reuse the id
         self._pending.pop(number, None)
         self._exception.pop(number, None)
 

@@ -149,6 +149,8 @@ def _drive(trace_spec: dict, child: threading.Thread, timeout: float) -> None:
             frames = client.request("stackTrace", {"threadId": thread_id, "levels": 1})["stackFrames"]
             client.request("evaluate", {"expression": expression, "frameId": frames[0]["id"], "context": "repl"})
             client.request("continue", {"threadId": thread_id})
+        # no need to wait for the answer: the harness exits right after the traced test
+        client.send("disconnect", {"terminateDebuggee": False})
         child.join(max(0.0, deadline - time.monotonic()))
     finally:
         client.close()

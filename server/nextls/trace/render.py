@@ -8,6 +8,9 @@ the function, with its result.
 
 from __future__ import annotations
 
+import io
+import re
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -107,3 +110,22 @@ def render_naturalized(function_source: str, first_line: int, trace: Trace, *, t
             break
         rendered = _render_once(source_lines, first_line, trace, test_source, test_result, attempt)
     return rendered
+
+
+_TRACE_COMMENT = re.compile(r"#\s*\(\d+\)")
+
+
+def strip_trace_comments(code: str) -> str:
+    """Remove the naturalized trace's comments from code (models often copy them into their fix)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return code
+    lines = code.splitlines(keepends=True)
+    for token in reversed(tokens):
+        if token.type == tokenize.COMMENT and _TRACE_COMMENT.match(token.string):
+            row, column = token.start
+            line = lines[row - 1]
+            ending = line[len(line.rstrip("\r\n")):]
+            lines[row - 1] = line[:column].rstrip() + ending
+    return "".join(lines)

@@ -20,7 +20,7 @@ from nextls.model import Generation, LlamaRuntime
 from nextls.prompt import RepairTask, build_messages
 from nextls.runner import RunConfig, TestResult, run_tests
 from nextls.splice import SpliceError, edit_size, function_source, replace_function, unified_diff
-from nextls.trace.capture import TraceReport, read_source, test_result_text, trace_function
+from nextls.trace.capture import TraceReport, test_result_text, trace_function
 from nextls.trace.render import RenderOptions, strip_trace_comments
 
 Progress = Callable[[str], None]
@@ -114,14 +114,18 @@ def repair_task(report: TraceReport) -> RepairTask:
                       description=description, trace=report.rendered or None)
 
 
-def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, options: FixOptions = FixOptions(),
-                 config: RunConfig = RunConfig(), tests_file: Path | None = None, test_id: str | None = None,
-                 cancel: threading.Event | None = None, progress: Progress | None = None) -> FixReport:
-    """Sample `options.k` fixes of the function and verify each against all its tests."""
+def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source: str | None = None,
+                 options: FixOptions = FixOptions(), config: RunConfig = RunConfig(), tests_file: Path | None = None,
+                 test_id: str | None = None, cancel: threading.Event | None = None,
+                 progress: Progress | None = None) -> FixReport:
+    """Sample `options.k` fixes of the function and verify each against all its tests.
+
+    `source` is the file's text when it differs from the disk (an editor's unsaved buffer).
+    """
     say = progress or (lambda message: None)
     started = time.perf_counter()
     say("tracing")
-    traced = trace_function(file, target, tests_file=tests_file, test_id=test_id, backend=options.backend,
+    traced = trace_function(file, target, source=source, tests_file=tests_file, test_id=test_id, backend=options.backend,
                             config=config, render_options=RenderOptions(max_tokens=options.trace_tokens),
                             cancel=cancel)
     report = FixReport(trace=traced, device=runtime.device)
@@ -158,7 +162,7 @@ class _Verifier:
         self.traced = traced
         self.config = config
         self.cancel = cancel
-        self.source = read_source(traced.file)
+        self.source = traced.source
         self.old_function = function_source(self.source, traced.span)
         self.seen: dict[str, int] = {}  # normalized code -> index of the first candidate with it
 

@@ -23,6 +23,7 @@ HARNESS = CHILD_DIR / "nextls_harness.py"
 
 
 class TestOutcome(str, Enum):
+    __test__ = False  # not a pytest test class, despite the name
     PASSED = "passed"
     FAILED = "failed"
     ERROR = "error"
@@ -40,6 +41,8 @@ class RunCancelled(Exception):
 class TestCase:
     """A test of the target function: an assert statement, a docstring's doctest, or a pytest test."""
 
+    __test__ = False
+
     id: str
     kind: str  # "assert" | "doctest" | "pytest"
     source: str  # the statement, the docstring, or the pytest function's source
@@ -49,6 +52,8 @@ class TestCase:
 
 @dataclass(frozen=True)
 class TestResult:
+    __test__ = False
+
     id: str
     outcome: TestOutcome
     message: str = ""

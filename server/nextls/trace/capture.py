@@ -34,6 +34,7 @@ class TraceReport:
     traced_result: TestResult | None = None
     trace: Trace | None = None
     rendered: str = ""
+    source: str = ""  # the file's text the tests ran against
     function_text: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -67,14 +68,17 @@ def test_result_text(result: TestResult) -> str:
     return f"{result.outcome.value}: {result.message}" if result.message else result.outcome.value
 
 
-def trace_function(file: Path, target: str | int, *, tests_file: Path | None = None, test_id: str | None = None,
-                   backend: str = "inprocess", config: RunConfig = RunConfig(), max_steps: int = 10_000,
-                   render_options: RenderOptions | None = None,
+def trace_function(file: Path, target: str | int, *, source: str | None = None, tests_file: Path | None = None,
+                   test_id: str | None = None, backend: str = "inprocess", config: RunConfig = RunConfig(),
+                   max_steps: int = 10_000, render_options: RenderOptions | None = None,
                    cancel: threading.Event | None = None) -> TraceReport:
-    """Run the function's tests, then trace the chosen test (`test_id`, else the first failing one)."""
+    """Run the function's tests, then trace the chosen test (`test_id`, else the first failing one).
+
+    `source` is the file's text when it differs from the disk (an editor's unsaved buffer).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown trace backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    source = read_source(file)
+    source = read_source(file) if source is None else source
     span = find_function(source, target)
     root = find_workspace_root(file)
     tests = discover_tests(file, source, span, root=root, tests_file=tests_file)
@@ -86,7 +90,7 @@ def trace_function(file: Path, target: str | int, *, tests_file: Path | None = N
     module = target_module(file, source, tests, root=root)
     started = time.perf_counter()
     run = run_tests(module, tests, config, cancel=cancel)
-    report = TraceReport(file=file, span=span, tests=tests, results=run.results,
+    report = TraceReport(file=file, span=span, tests=tests, results=run.results, source=source,
                          function_text=function_source(source, span))
     report.timings["run"] = time.perf_counter() - started
     chosen = next((t for t in tests if test_id is not None or not all(r.passed for r in run.results_for(t.id))),

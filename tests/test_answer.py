@@ -2,6 +2,7 @@ import ast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from nextls.answer import Candidate, parse_answer, split_rationale
 
 FIXED = "def f(x):\n    return x + 1\n"

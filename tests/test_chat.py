@@ -7,6 +7,7 @@ from pathlib import Path
 import gguf
 import pytest
 from jinja2.exceptions import SecurityError, TemplateError
+
 from nextls.chat import FALLBACK_CHAT_TEMPLATE, read_chat_template, render_chat
 
 CONVERSATION = [
@@ -70,7 +71,8 @@ def test_special_tokens_are_template_variables() -> None:
 
 def test_blocks_are_trimmed_like_transformers() -> None:
     # trim_blocks drops the newline after a block tag; lstrip_blocks drops the indentation before one.
-    template = "{% for m in messages %}\n    {% if m['role'] == 'user' %}\n[{{ m['content'] }}]\n    {% endif %}\n{% endfor %}"
+    template = ("{% for m in messages %}\n    {% if m['role'] == 'user' %}\n[{{ m['content'] }}]\n"
+                "    {% endif %}\n{% endfor %}")
 
     assert render_chat(CONVERSATION, template, add_generation_prompt=False) == (
         "[Why does add(2, 2) return 5?]\n"

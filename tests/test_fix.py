@@ -163,7 +163,8 @@ def test_repair_task_is_the_prompts_whole_input() -> None:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextls", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "nextls", *args], check=False, capture_output=True, text=True,
+                          timeout=300,
                           cwd=cwd)
 
 

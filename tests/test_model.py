@@ -7,6 +7,8 @@ from typing import Any
 
 import llama_cpp
 import pytest
+from tiny_gguf import build_tiny_llama_gguf, build_tiny_lora_gguf
+
 from nextls import model
 from nextls.chat import read_chat_template
 from nextls.model import (
@@ -18,7 +20,6 @@ from nextls.model import (
     gpu_backends,
     resolve_model,
 )
-from tiny_gguf import build_tiny_llama_gguf, build_tiny_lora_gguf
 
 THREADS = 2
 CONVERSATION = [

@@ -13,8 +13,8 @@ from nextls.discovery import discover_tests, find_workspace_root, module_name_fo
 from nextls.runner import RunCancelled, RunConfig, TestCase, TestOutcome, run_tests
 from nextls.sandbox import Limits
 from nextls.splice import find_function
-from nextls.trace.render import RenderOptions, render_naturalized, strip_trace_comments
 from nextls.trace.model import Trace, TraceEvent
+from nextls.trace.render import RenderOptions, render_naturalized, strip_trace_comments
 
 MODULE = '''\
 import os

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from nextls.sandbox import Limits, Outcome, ProcessResult, python_argv, run_process, sandbox_dir
 
 IS_ROOT = os.geteuid() == 0
@@ -281,7 +282,7 @@ def test_read_only_directories_left_by_the_child_are_removed() -> None:
 
 
 def test_missing_executable_raises_naming_it() -> None:
-    with pytest.raises(FileNotFoundError, match="no-such-python-3.99"):
+    with pytest.raises(FileNotFoundError, match=r"no-such-python-3\.99"):
         run_process(["no-such-python-3.99", "-c", "pass"])
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from nextls.splice import (
     AmbiguousFunctionError,
     FunctionNotFoundError,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nextls.runner import RunConfig
 from nextls.trace.capture import trace_function
 
@@ -137,10 +138,12 @@ def test_pytest_trace_shows_the_failing_parametrized_case() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nextls", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "nextls", *args], check=False, capture_output=True, text=True,
+                          timeout=120)
 
 
-@pytest.mark.parametrize("target", [f"{EXAMPLES}/remove_occ.py::remove_Occ", f"{EXAMPLES}/running_mean.py::running_mean",
+@pytest.mark.parametrize("target", [f"{EXAMPLES}/remove_occ.py::remove_Occ",
+                                    f"{EXAMPLES}/running_mean.py::running_mean",
                                     f"{EXAMPLES}/shop/pricing.py::bulk_discount"])
 def test_cli_trace_prints_the_same_trace_with_both_backends(target: str) -> None:
     outputs = {}

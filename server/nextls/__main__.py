@@ -1,3 +1,5 @@
-from nextls.cli import main
 import sys
+
+from nextls.cli import main
+
 sys.exit(main())

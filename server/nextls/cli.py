@@ -35,7 +35,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tests", type=Path, metavar="FILE",
                         help="a file of tests to use instead of discovering them (asserts or pytest tests)")
     parser.add_argument("--test", metavar="ID", help="the test to trace (default: the first failing one)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the tests (default: %(default)s)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs the tests (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per test (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print structured JSON instead of text")
 
@@ -151,9 +152,8 @@ def print_fix_report(report, path: Path, args: argparse.Namespace) -> None:
     if not print_trace_report(report.trace, path, args.backend) and not report.trace.failing:
         return
     print()
-    verified = len(report.verified)
-    print(f"# {len(report.candidates)} candidate(s) from {Path(args.model).name if args.model else 'SmolLM2-135M-Instruct'}"
-          f" on {report.device}, {verified} verified; "
+    model = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
+    print(f"# {len(report.candidates)} candidate(s) from {model} on {report.device}, {len(report.verified)} verified; "
           + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.timings.items()))
     for candidate in report.candidates:
         detail = (f"passes {candidate.passed}/{len(candidate.results)} tests" if candidate.results

@@ -172,7 +172,8 @@ def target_module(file: Path, source: str, tests: list[TestCase], *, root: Path 
     They are found again in `source` by their text, since a spliced-in fix can move them; blanking keeps
     every other line where it was, so traces and tracebacks keep their line numbers.
     """
-    own_asserts = {test.source for test in tests if test.kind == "assert" and Path(test.file).resolve() == file.resolve()}
+    own_asserts = {test.source for test in tests
+                   if test.kind == "assert" and Path(test.file).resolve() == file.resolve()}
     lines = source.splitlines(keepends=True)
     if own_asserts:
         for node in _module_level_asserts(ast.parse(source, str(file))):

@@ -125,9 +125,9 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source
     say = progress or (lambda message: None)
     started = time.perf_counter()
     say("tracing")
-    traced = trace_function(file, target, source=source, tests_file=tests_file, test_id=test_id, backend=options.backend,
-                            config=config, render_options=RenderOptions(max_tokens=options.trace_tokens),
-                            cancel=cancel)
+    traced = trace_function(file, target, source=source, tests_file=tests_file, test_id=test_id,
+                            backend=options.backend, config=config, cancel=cancel,
+                            render_options=RenderOptions(max_tokens=options.trace_tokens))
     report = FixReport(trace=traced, device=runtime.device)
     report.timings["trace"] = time.perf_counter() - started
     if not traced.failing:

@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp
+
 from nextls.model import LlamaRuntime, resolve_model
 
 N_CTX = 2048

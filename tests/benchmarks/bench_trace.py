@@ -74,16 +74,17 @@ def bench_tracing(repeat: int) -> None:
           f"{'debugpy/pytest':>15}")
     for name in ("test_small", "test_large"):
         test = tests[name]
-        plain = median_seconds(lambda: subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"test_work.py::{name}"],
-            cwd=workspace, capture_output=True, check=False), repeat)
-        untraced = median_seconds(lambda: run_tests(module, [test], config), repeat)
+        pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"test_work.py::{name}"]
+        plain = median_seconds(lambda argv=pytest_argv: subprocess.run(argv, cwd=workspace, capture_output=True,
+                                                                         check=False), repeat)
+        untraced = median_seconds(lambda test=test: run_tests(module, [test], config), repeat)
         timings, steps = {}, {}
         for backend in ("inprocess", "debugpy"):
             request = TraceRequest(qualname="checksum", test_id=test.id, backend=backend, max_steps=100_000)
-            reports = []
-            timings[backend] = median_seconds(lambda: reports.append(run_tests(module, [test], config, trace=request)),
-                                              repeat)
+            reports: list = []
+            timings[backend] = median_seconds(
+                lambda test=test, request=request, reports=reports: reports.append(
+                    run_tests(module, [test], config, trace=request)), repeat)
             steps[backend] = reports[-1].trace.steps
         assert steps["inprocess"] == steps["debugpy"], steps
         print(f"{name:<12}{steps['inprocess']:>7}  {plain:>7.3f}s  {untraced:>7.3f}s  {timings['inprocess']:>9.3f}s  "

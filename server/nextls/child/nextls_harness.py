@@ -76,8 +76,8 @@ _COMPARISONS = {
 def short_repr(value: object, limit: int = 200) -> str:
     try:
         text = repr(value)
-    except Exception as error:  # noqa: BLE001 - a failing repr must not hide the test result
-        return "<%s (repr raised %s)>" % (type(value).__name__, type(error).__name__)
+    except Exception as error:
+        return f"<{type(value).__name__} (repr raised {type(error).__name__})>"
     return text if len(text) <= limit else text[: limit // 2] + "..." + text[-limit // 2:]
 
 
@@ -96,10 +96,10 @@ def run_assert(source: str, namespace: dict, filename: str, lineno: int) -> None
     if _COMPARISONS[type(test.ops[0])](left, right):
         return
     if isinstance(test.ops[0], ast.Eq):
-        message = "%s returned %s, expected %s" % (ast.unparse(test.left), short_repr(left), short_repr(right))
+        message = f"{ast.unparse(test.left)} returned {short_repr(left)}, expected {short_repr(right)}"
     else:
-        message = "%s is %s, %s is %s" % (ast.unparse(test.left), short_repr(left),
-                                          ast.unparse(test.comparators[0]), short_repr(right))
+        right_source = ast.unparse(test.comparators[0])
+        message = f"{ast.unparse(test.left)} is {short_repr(left)}, {right_source} is {short_repr(right)}"
     raise AssertionError(message)
 
 
@@ -118,7 +118,7 @@ def describe_error(error: BaseException, filename: str) -> str:
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     frames = [frame for frame in traceback.extract_tb(error.__traceback__) if frame.filename == filename]
     if frames:
-        text += " (line %d, in %s)" % (frames[-1].lineno, frames[-1].name)
+        text += f" (line {frames[-1].lineno}, in {frames[-1].name})"
     return text
 
 
@@ -209,10 +209,10 @@ class Harness:
             namespace = dict(module.__dict__)
             if self.spec.get("setup_code"):
                 exec(compile(self.spec["setup_code"], "<test setup>", "exec"), namespace)
-        except BaseException as error:  # noqa: BLE001 - any failure to load is every test's error
-            message = "loading %s failed: %s" % (os.path.basename(self.filename), describe_error(error, self.filename))
+        except BaseException as error:
+            message = f"loading {os.path.basename(self.filename)} failed: {describe_error(error, self.filename)}"
             if isinstance(error, TestTimeout):
-                message = "loading %s timed out" % os.path.basename(self.filename)
+                message = f"loading {os.path.basename(self.filename)} timed out"
             for test in tests:
                 self.report(test["id"], OUTCOME_ERROR, message)
             return
@@ -240,10 +240,10 @@ class Harness:
         except AssertionError as error:
             outcome, message = OUTCOME_FAILED, str(error) or describe_error(error, self.filename)
         except TestTimeout:
-            outcome, message = OUTCOME_TIMEOUT, "timed out after %gs" % self.test_timeout
+            outcome, message = OUTCOME_TIMEOUT, f"timed out after {self.test_timeout:g}s"
         except OutputLimitExceeded:
-            outcome, message = OUTCOME_OUTPUT_TRUNCATED, "printed more than %d characters" % self.output_limit
-        except BaseException as error:  # noqa: BLE001 - SystemExit and friends are test errors too
+            outcome, message = OUTCOME_OUTPUT_TRUNCATED, f"printed more than {self.output_limit} characters"
+        except BaseException as error:
             outcome, message = OUTCOME_ERROR, describe_error(error, self.filename)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -55,7 +55,7 @@ class SafeRepr(reprlib.Repr):
 
     def repr_int(self, value: int, level: int) -> str:
         if value.bit_length() > 1000:  # str() of a huge int is slow and capped by sys.int_info
-            return "<int of %d bits>" % value.bit_length()
+            return f"<int of {value.bit_length()} bits>"
         return self._shorten(builtin_repr(value))
 
     def _shorten(self, text: str) -> str:
@@ -72,16 +72,16 @@ class SafeRepr(reprlib.Repr):
         try:
             kind = type(value)
             if kind.__repr__ is object.__repr__:
-                return "<%s object>" % kind.__qualname__
+                return f"<{kind.__qualname__} object>"
             if kind.__module__ == "builtins":
                 handler = getattr(self, "repr_" + kind.__name__.replace(" ", "_"), None)
                 if handler is not None:
                     return handler(value, level)
                 return self._shorten(_without_address(builtin_repr(value)))
             return self._user_repr(value)
-        except Exception as error:  # noqa: BLE001 - a repr must never take the traced program down
+        except Exception as error:
             # (BaseExceptions pass: the harness's per-test alarm may land here and must reach the test)
-            return "<%s object (repr raised %s)>" % (type(value).__qualname__, type(error).__name__)
+            return f"<{type(value).__qualname__} object (repr raised {type(error).__name__})>"
         finally:
             self._active.discard(key)
 
@@ -98,14 +98,14 @@ class SafeRepr(reprlib.Repr):
         try:
             text = builtin_repr(value)
         except _ReprTimeout:
-            return "<%s object (repr timed out)>" % type(value).__qualname__
+            return f"<{type(value).__qualname__} object (repr timed out)>"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
             if outer_left:
                 signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 1e-6))
         if not isinstance(text, str):
-            return "<%s object (repr returned %s)>" % (type(value).__qualname__, type(text).__name__)
+            return f"<{type(value).__qualname__} object (repr returned {type(text).__name__})>"
         return self._shorten(_without_address(text))
 
 

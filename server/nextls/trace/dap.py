@@ -37,7 +37,7 @@ class MessageReader:
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
             if length is None:
-                raise DapError("DAP message without Content-Length: %r" % self._buffer[:header_end])
+                raise DapError(f"DAP message without Content-Length: {self._buffer[:header_end]!r}")
             body_start = header_end + 4
             if len(self._buffer) < body_start + length:
                 return messages
@@ -96,12 +96,12 @@ class DapClient:
             while seq not in self._responses:
                 left = deadline - time.monotonic()
                 if self.closed.is_set() or left <= 0:
-                    raise DapError("no response to request %d (%s)" % (
-                        seq, "adapter closed the connection" if self.closed.is_set() else "timed out"))
+                    why = "adapter closed the connection" if self.closed.is_set() else "timed out"
+                    raise DapError(f"no response to request {seq} ({why})")
                 self._response_ready.wait(left)
             response = self._responses.pop(seq)
         if not response.get("success", False):
-            raise DapError("%s failed: %s" % (response.get("command"), response.get("message", response)))
+            raise DapError("{} failed: {}".format(response.get("command"), response.get("message", response)))
         return response.get("body") or {}
 
     def request(self, command: str, arguments: dict | None = None, timeout: float = 10.0) -> dict:
@@ -115,11 +115,11 @@ class DapClient:
                 event = self.events.get(timeout=0.02)
             except queue.Empty:
                 if self.closed.is_set() or not alive():
-                    raise DapError("the debuggee ended before the %r event" % name) from None
+                    raise DapError(f"the debuggee ended before the {name!r} event") from None
                 continue
             if event.get("event") == name:
                 return event.get("body") or {}
-        raise DapError("timed out waiting for the %r event" % name)
+        raise DapError(f"timed out waiting for the {name!r} event")
 
     def close(self) -> None:
         try:

@@ -93,15 +93,14 @@ def shim_dir() -> Path:
 def _inject_and_start(trace_spec: dict) -> str:
     """One expression that loads the recorder from source inside the debuggee and starts it."""
     source = RECORDER_SOURCE_PATH.read_text(encoding="utf-8")
+    start = f"module.start({trace_spec['filename']!r}, {trace_spec['qualname']!r}, {trace_spec['max_steps']:d})"
     return ("(lambda sys, types: (lambda module: (sys.modules.__setitem__('nextls_recorder', module), "
-            "exec(compile(%r, 'nextls_recorder.py', 'exec'), module.__dict__), "
-            "module.start(%r, %r, %d))[-1])(types.ModuleType('nextls_recorder')))"
-            "(__import__('sys'), __import__('types'))"
-            % (source, trace_spec["filename"], trace_spec["qualname"], trace_spec["max_steps"]))
+            f"exec(compile({source!r}, 'nextls_recorder.py', 'exec'), module.__dict__), {start})[-1])"
+            "(types.ModuleType('nextls_recorder')))(__import__('sys'), __import__('types'))")
 
 
 def _stop_and_write(trace_spec: dict) -> str:
-    return "__import__('sys').modules['nextls_recorder'].stop(%r)" % trace_spec["out"]
+    return "__import__('sys').modules['nextls_recorder'].stop({!r})".format(trace_spec["out"])
 
 
 def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec: dict, limits: Limits,

@@ -43,14 +43,24 @@ def _entry(event: TraceEvent, max_value_chars: int) -> str:
     return f"({event.step}) {values}"
 
 
-def _line_comment(events: list[TraceEvent], options: RenderOptions) -> str:
+def format_entries(events: list[TraceEvent], options: RenderOptions | None = None) -> str:
+    """One line's entries as the trace writes them after `# `: `(1) i=0; (3) i=1; ...; (9) i=3`.
+
+    The first `options.head` and last `options.tail` entries are kept and the middle elided as `...`.
+    The naturalized trace, the editor's inlay hints and its hovers all write entries through here.
+    """
+    options = options or RenderOptions()
     if len(events) > options.head + options.tail + 1:
         kept = [_entry(e, options.max_value_chars) for e in events[: options.head]]
         kept.append("...")
         kept.extend(_entry(e, options.max_value_chars) for e in events[len(events) - options.tail:])
     else:
         kept = [_entry(e, options.max_value_chars) for e in events]
-    return "# " + "; ".join(kept)
+    return "; ".join(kept)
+
+
+def _line_comment(events: list[TraceEvent], options: RenderOptions) -> str:
+    return "# " + format_entries(events, options)
 
 
 def _def_line_of(lines: list[str], index: int) -> int:
@@ -62,8 +72,7 @@ def _def_line_of(lines: list[str], index: int) -> int:
     return index
 
 
-def _render_once(source_lines: list[str], first_line: int, trace: Trace, test_source: str | None,
-                 test_result: str | None, options: RenderOptions) -> str:
+def _events_by_index(source_lines: list[str], first_line: int, trace: Trace) -> dict[int, list[TraceEvent]]:
     by_index: dict[int, list[TraceEvent]] = {}
     for event in trace.events:
         if not event.values:
@@ -74,6 +83,30 @@ def _render_once(source_lines: list[str], first_line: int, trace: Trace, test_so
         if event.kind == "call":
             index = _def_line_of(source_lines, index)
         by_index.setdefault(index, []).append(event)
+    return by_index
+
+
+def events_by_line(function_source: str, first_line: int, trace: Trace) -> dict[int, list[TraceEvent]]:
+    """The events that changed something, by the file line (1-based) the trace writes them on.
+
+    `function_source` is the traced function's text, whose first line is line `first_line` of the file;
+    a call's arguments go on its `def` line (below any decorators), as in the naturalized trace.
+    """
+    source_lines = function_source.rstrip("\n").split("\n")
+    return {first_line + index: events
+            for index, events in _events_by_index(source_lines, first_line, trace).items()}
+
+
+def trace_annotations(function_source: str, first_line: int, trace: Trace,
+                      options: RenderOptions | None = None) -> dict[int, str]:
+    """File line (1-based) -> its entries, exactly as the naturalized trace writes them after `# `."""
+    return {line: format_entries(events, options)
+            for line, events in events_by_line(function_source, first_line, trace).items()}
+
+
+def _render_once(source_lines: list[str], first_line: int, trace: Trace, test_source: str | None,
+                 test_result: str | None, options: RenderOptions) -> str:
+    by_index = _events_by_index(source_lines, first_line, trace)
     out = []
     for index, text in enumerate(source_lines):
         events = by_index.get(index)

@@ -1,0 +1,81 @@
+/**
+ * Palette / context-menu commands. The three "at cursor" commands forward to the server's
+ * `workspace/executeCommand` commands with the document URI and the cursor position; behaviour lives
+ * in the server. The client's ids differ from the server's: vscode-languageclient registers the
+ * server's own ids as VS Code commands already.
+ */
+import * as vscode from 'vscode';
+
+export const CLIENT_COMMANDS = {
+  trace: 'nextls.traceAtCursor',
+  explain: 'nextls.explainAtCursor',
+  fix: 'nextls.fixAtCursor',
+  restart: 'nextls.restartServer',
+  showOutput: 'nextls.showOutput',
+  showRationale: 'nextls.client.showRationale',
+} as const;
+
+/** Server command ids (server/nextls/lsp/commands.py). */
+export const SERVER_COMMANDS = {
+  trace: 'nextls.traceFunction',
+  explain: 'nextls.explainFunction',
+  fix: 'nextls.fixFunction',
+  clearCache: 'nextls.clearCache',
+} as const;
+
+export type CursorCommand = 'trace' | 'explain' | 'fix';
+
+export const CURSOR_TITLES: Record<CursorCommand, string> = {
+  trace: 'Trace',
+  explain: 'Explanation',
+  fix: 'Fix',
+};
+
+/** The arguments of a server command: the document URI and the LSP position (0-based). */
+export function cursorArguments(uri: string, position: { line: number; character: number }): unknown[] {
+  return [uri, { line: position.line, character: position.character }];
+}
+
+export interface CommandHost {
+  /** `workspace/executeCommand` on the running server. */
+  executeOnServer(command: string, args: unknown[]): Promise<unknown>;
+  restart(): Promise<void>;
+  showOutput(): void;
+  /** Shows what a command returned (markdown panel); nothing for an empty result. */
+  showResult(kind: CursorCommand, document: vscode.Uri, result: unknown): Promise<void>;
+  /** Shows a rationale sent with a code action (see middleware in client.ts). */
+  showRationale(arg: unknown): Promise<void>;
+  /** Reports a failure to the user and the status bar. */
+  reportError(message: string): void;
+}
+
+export function registerCommands(host: CommandHost): vscode.Disposable[] {
+  const atCursor = (kind: CursorCommand) => async (uri?: vscode.Uri, position?: vscode.Position) => {
+    const editor = vscode.window.activeTextEditor;
+    // Called with (uri, position) from a code lens or another extension, else the active editor.
+    const documentUri = uri instanceof vscode.Uri ? uri : editor?.document.uri;
+    const cursor = position ?? editor?.selection.active;
+    if (documentUri === undefined || cursor === undefined) {
+      void vscode.window.showWarningMessage('NExT: open a Python file and put the cursor inside a function.');
+      return;
+    }
+    if (uri === undefined && editor !== undefined && editor.document.languageId !== 'python') {
+      void vscode.window.showWarningMessage('NExT: the active editor is not a Python file.');
+      return;
+    }
+    try {
+      const result = await host.executeOnServer(SERVER_COMMANDS[kind], cursorArguments(documentUri.toString(), cursor));
+      await host.showResult(kind, documentUri, result);
+    } catch (error) {
+      host.reportError(`${CURSOR_TITLES[kind]} failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  };
+  return [
+    vscode.commands.registerCommand(CLIENT_COMMANDS.trace, atCursor('trace')),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.explain, atCursor('explain')),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.fix, atCursor('fix')),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.restart, () => host.restart()),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.showOutput, () => host.showOutput()),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.showRationale, (arg: unknown) => host.showRationale(arg)),
+  ];
+}

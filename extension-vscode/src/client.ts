@@ -30,8 +30,8 @@ import {
   resolveInterpreter,
   serverCommand,
 } from './interpreter';
-import { extractRationale } from './rationale';
-import { type ProgressValue, StatusModel } from './status';
+import { type ShowRationaleArgument, rationaleCommand } from './rationale';
+import { type ProgressValue, type StatusModel, deviceFrom } from './status';
 
 export const DOCUMENT_SELECTOR = [
   { scheme: 'file', language: 'python' },
@@ -57,11 +57,17 @@ export class ServerManager implements vscode.Disposable {
   client: LanguageClient | undefined;
   interpreter: Interpreter | undefined;
   private starting: Promise<void> | undefined;
-  private readonly disposables: vscode.Disposable[] = [];
+  private clientListener: vscode.Disposable | undefined;
+  /** When the server process exited unasked, in the last 3 minutes. */
+  private crashes: number[] = [];
+  /** The server registered for workspace/didChangeConfiguration (vscode-languageclient then sends it). */
+  private serverSyncsConfiguration = false;
 
   constructor(
     private readonly output: vscode.LogOutputChannel,
     private readonly status: StatusModel,
+    /** Called with each resolved fix's rationale command argument, before VS Code applies its edit. */
+    private readonly onFixResolved: (argument: ShowRationaleArgument) => void = () => undefined,
     private readonly showRationaleCommand = CLIENT_COMMANDS.showRationale,
   ) {}
 
@@ -94,15 +100,33 @@ export class ServerManager implements vscode.Disposable {
     this.status.setPhase('stopped');
   }
 
-  /** Sends the mapped settings; the server then pulls `workspace/configuration` again. */
+  /**
+   * A `nextls.*` setting changed. When the server registered for `workspace/didChangeConfiguration`
+   * (as nextls does), vscode-languageclient sends it and the middleware below maps the settings;
+   * otherwise the notification is sent from here. Either way the running server gets the change.
+   */
   async configurationChanged(): Promise<void> {
     const client = this.client;
     if (client === undefined || !client.isRunning()) {
       return;
     }
+    if (this.serverSyncsConfiguration) {
+      return;
+    }
+    await this.sendConfiguration(client);
+  }
+
+  private async sendConfiguration(client: LanguageClient): Promise<void> {
+    if (!client.isRunning() || client !== this.client) {
+      return; // stopping or restarting: the next server pulls the settings when it starts
+    }
     const settings = { [SECTION]: readServerConfiguration() };
-    this.output.info(`settings changed: ${JSON.stringify(settings[SECTION])}`);
-    await client.sendNotification(DidChangeConfigurationNotification.type, { settings });
+    this.output.info(`settings sent to the server: ${JSON.stringify(settings[SECTION])}`);
+    try {
+      await client.sendNotification(DidChangeConfigurationNotification.type, { settings });
+    } catch (error) {
+      this.output.warn(`sending the settings: ${String(error)}`);
+    }
   }
 
   async executeCommand(command: string, args: unknown[]): Promise<unknown> {
@@ -148,17 +172,17 @@ export class ServerManager implements vscode.Disposable {
       args: launch.args,
       options: { env: { ...process.env, PYTHONUNBUFFERED: '1' }, cwd: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath },
     };
+    this.serverSyncsConfiguration = false;
     const client = new LanguageClient('nextls', 'NExT', serverOptions, this.clientOptions());
     client.onNotification(ShowMessageNotification.type, (params) => this.showMessage(params.type, params.message));
-    this.disposables.push(
-      client.onDidChangeState((event) => {
-        if (event.newState === State.Running) {
-          this.status.setPhase('ready');
-        } else if (event.newState === State.Stopped && this.client === client) {
-          this.status.setPhase('stopped');
-        }
-      }),
-    );
+    this.clientListener?.dispose();
+    this.clientListener = client.onDidChangeState((event) => {
+      if (event.newState === State.Running) {
+        this.status.setPhase('ready');
+      } else if (event.newState === State.Stopped && this.client === client) {
+        this.status.setPhase('stopped');
+      }
+    });
     this.client = client;
     try {
       await client.start();
@@ -200,6 +224,14 @@ export class ServerManager implements vscode.Disposable {
       },
       middleware: {
         workspace: {
+          // the settings pushed with workspace/didChangeConfiguration: mapped, without client-only keys
+          didChangeConfiguration: async () => {
+            // called once when the server registers, then on each change of the section
+            this.serverSyncsConfiguration = true;
+            if (this.client !== undefined) {
+              await this.sendConfiguration(this.client);
+            }
+          },
           configuration: async (params, token, next) => {
             const defaults = await next(params, token);
             if (!Array.isArray(defaults)) {
@@ -214,17 +246,16 @@ export class ServerManager implements vscode.Disposable {
         },
         handleWorkDoneProgress: (token, params, next) => {
           this.status.progress(token, params as ProgressValue);
-          next(params);
+          next(token, params);
         },
         resolveCodeAction: async (item, token, next) => {
           const resolved = await next(item, token);
+          this.output.info(`resolved code action: ${resolved?.title ?? item.title}`);
           return resolved ? this.withRationale(resolved) : resolved;
         },
       },
     };
   }
-
-  private crashes: number[] = [];
 
   /**
    * A resolved "Fix with NExT" action: keep the server's edit, and run our command after it is applied
@@ -232,17 +263,22 @@ export class ServerManager implements vscode.Disposable {
    */
   private withRationale(action: vscode.CodeAction): vscode.CodeAction {
     const data = (action as vscode.CodeAction & { data?: unknown }).data;
-    const command = action.command;
-    const info = extractRationale(data, command?.arguments);
-    if (info === undefined) {
-      return action;
+    const device = (data as { device?: unknown } | undefined)?.device;
+    if (typeof device === 'string') {
+      this.status.setModel(undefined, device);
     }
     const uri = firstEditedUri(action.edit);
-    action.command = {
-      title: 'Show the rationale',
-      command: this.showRationaleCommand,
-      arguments: [{ info, uri: uri?.toString(), before: uri ? documentText(uri) : undefined, then: command }],
-    };
+    const command = rationaleCommand(
+      this.showRationaleCommand,
+      data,
+      action.command,
+      uri?.toString(),
+      uri ? documentText(uri) : undefined,
+    );
+    if (command !== undefined) {
+      this.onFixResolved(command.arguments?.[0] as ShowRationaleArgument);
+      action.command = command;
+    }
     return action;
   }
 
@@ -257,9 +293,9 @@ export class ServerManager implements vscode.Disposable {
     } else if (type === MessageType.Warning) {
       void vscode.window.showWarningMessage(message);
     } else {
-      const device = /model/i.test(message) ? /\b(GPU|CPU)\b/i.exec(message)?.[1] : undefined;
+      const device = /model|gguf/i.test(message) ? deviceFrom(message) : undefined;
       if (device !== undefined) {
-        this.status.setModel(undefined, device.toUpperCase());
+        this.status.setModel(undefined, device);
       }
       void vscode.window.showInformationMessage(message);
     }
@@ -286,9 +322,7 @@ export class ServerManager implements vscode.Disposable {
 
   dispose(): void {
     void this.stop();
-    for (const d of this.disposables) {
-      d.dispose();
-    }
+    this.clientListener?.dispose();
   }
 }
 

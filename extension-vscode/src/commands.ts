@@ -5,23 +5,9 @@
  * server's own ids as VS Code commands already.
  */
 import * as vscode from 'vscode';
+import { CLIENT_COMMANDS, SERVER_COMMANDS } from './ids';
 
-export const CLIENT_COMMANDS = {
-  trace: 'nextls.traceAtCursor',
-  explain: 'nextls.explainAtCursor',
-  fix: 'nextls.fixAtCursor',
-  restart: 'nextls.restartServer',
-  showOutput: 'nextls.showOutput',
-  showRationale: 'nextls.client.showRationale',
-} as const;
-
-/** Server command ids (server/nextls/lsp/commands.py). */
-export const SERVER_COMMANDS = {
-  trace: 'nextls.traceFunction',
-  explain: 'nextls.explainFunction',
-  fix: 'nextls.fixFunction',
-  clearCache: 'nextls.clearCache',
-} as const;
+export { CLIENT_COMMANDS, SERVER_COMMANDS } from './ids';
 
 export type CursorCommand = 'trace' | 'explain' | 'fix';
 
@@ -31,9 +17,21 @@ export const CURSOR_TITLES: Record<CursorCommand, string> = {
   fix: 'Fix',
 };
 
-/** The arguments of a server command: the document URI and the LSP position (0-based). */
-export function cursorArguments(uri: string, position: { line: number; character: number }): unknown[] {
-  return [uri, { line: position.line, character: position.character }];
+/**
+ * The arguments of a server command: one target object with the document URI and the cursor (0-based
+ * LSP line and position; the server finds the function around that line). Fix also asks the server to
+ * apply a verified fix (`workspace/applyEdit`).
+ */
+export function cursorArguments(kind: CursorCommand, uri: string, position: { line: number; character: number }): unknown[] {
+  const target: Record<string, unknown> = {
+    uri,
+    line: position.line,
+    position: { line: position.line, character: position.character },
+  };
+  if (kind === 'fix') {
+    target.apply = true;
+  }
+  return [target];
 }
 
 export interface CommandHost {
@@ -64,7 +62,7 @@ export function registerCommands(host: CommandHost): vscode.Disposable[] {
       return;
     }
     try {
-      const result = await host.executeOnServer(SERVER_COMMANDS[kind], cursorArguments(documentUri.toString(), cursor));
+      const result = await host.executeOnServer(SERVER_COMMANDS[kind], cursorArguments(kind, documentUri.toString(), cursor));
       await host.showResult(kind, documentUri, result);
     } catch (error) {
       host.reportError(`${CURSOR_TITLES[kind]} failed: ${error instanceof Error ? error.message : String(error)}`);

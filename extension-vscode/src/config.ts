@@ -10,50 +10,72 @@ import * as path from 'node:path';
 
 export const SECTION = 'nextls';
 
-export const DIAGNOSTICS_MODES = ['onSave', 'onOpenAndSave', 'onDemand', 'off'] as const;
-export type DiagnosticsMode = (typeof DIAGNOSTICS_MODES)[number];
-export const TRACE_BACKENDS = ['inprocess', 'debugpy'] as const;
-export type TraceBackend = (typeof TRACE_BACKENDS)[number];
+export const DIAGNOSTICS_MODES = ['onOpenAndSave', 'onSave', 'onDemand', 'off'] as const;
+export const TEST_DISCOVERY_MODES = ['auto', 'file', 'pytest'] as const;
+export const TRACE_BACKENDS = ['debugpy', 'inprocess'] as const;
 
-/** What the server reads from the `nextls` section (names as in server/nextls/lsp/config.py). */
-export interface ServerConfiguration {
-  modelPath: string;
-  loraPath: string;
-  k: number;
-  temperature: number;
-  maxTokens: number;
-  gpuLayers: number;
-  python: string;
-  testDiscovery: string;
-  testTimeout: number;
-  diagnostics: DiagnosticsMode;
-  inlayHints: boolean;
-  hoverBudgetMs: number;
-  traceBackend: TraceBackend;
-}
+type Spec =
+  | { kind: 'path'; default: string }
+  | { kind: 'int'; default: number; min?: number }
+  | { kind: 'intOrNull'; default: null; min?: number }
+  | { kind: 'number'; default: number; min?: number }
+  | { kind: 'bool'; default: boolean }
+  | { kind: 'enum'; default: string; values: readonly string[] };
 
-export const DEFAULTS: Readonly<ServerConfiguration> = Object.freeze({
-  modelPath: '',
-  loraPath: '',
-  k: 4,
-  temperature: 0.8,
-  maxTokens: 512,
-  gpuLayers: -1,
-  python: '',
-  testDiscovery: 'auto',
-  testTimeout: 5,
-  diagnostics: 'onOpenAndSave',
-  inlayHints: true,
-  hoverBudgetMs: 300,
-  traceBackend: 'inprocess',
-});
+/**
+ * Every server setting (the `_NAMES` of server/nextls/lsp/config.py), its type, default and minimum.
+ * package.json's `contributes.configuration` declares the same keys with the same defaults (a unit
+ * test checks both against this table, and against the Python module when it can import it).
+ */
+export const SCHEMA = {
+  // the model
+  modelPath: { kind: 'path', default: '' },
+  loraPath: { kind: 'path', default: '' },
+  k: { kind: 'int', default: 4, min: 1 },
+  temperature: { kind: 'number', default: 0.8, min: 0 },
+  topP: { kind: 'number', default: 0.95, min: 0 },
+  maxTokens: { kind: 'int', default: 512, min: 1 },
+  gpuLayers: { kind: 'int', default: -1, min: -1 },
+  threads: { kind: 'intOrNull', default: null, min: 1 },
+  contextSize: { kind: 'int', default: 4096, min: 256 },
+  seed: { kind: 'int', default: 0 },
+  stopAtFirstVerified: { kind: 'bool', default: true },
+  // running the user's tests
+  python: { kind: 'path', default: '' },
+  testDiscovery: { kind: 'enum', default: 'auto', values: TEST_DISCOVERY_MODES },
+  testTimeout: { kind: 'number', default: 5, min: 0.1 },
+  traceBackend: { kind: 'enum', default: 'debugpy', values: TRACE_BACKENDS },
+  // features
+  diagnostics: { kind: 'enum', default: 'onOpenAndSave', values: DIAGNOSTICS_MODES },
+  debounceMs: { kind: 'int', default: 300, min: 0 },
+  traceFailing: { kind: 'int', default: 3, min: 0 },
+  inlayHints: { kind: 'bool', default: true },
+  hover: { kind: 'bool', default: true },
+  explainOnHover: { kind: 'bool', default: true },
+  hoverBudgetMs: { kind: 'int', default: 300, min: 0 },
+  codeActions: { kind: 'bool', default: true },
+} as const satisfies Record<string, Spec>;
 
-/** Settings the client keeps to itself. */
+export type ServerKey = keyof typeof SCHEMA;
+type ValueOf<S> = S extends { kind: 'path' } ? string
+  : S extends { kind: 'int' | 'number' } ? number
+  : S extends { kind: 'intOrNull' } ? number | null
+  : S extends { kind: 'bool' } ? boolean
+  : S extends { values: readonly (infer V)[] } ? V
+  : never;
+/** What the server reads from the `nextls` section. */
+export type ServerConfiguration = { [K in ServerKey]: ValueOf<(typeof SCHEMA)[K]> };
+
+export const SERVER_KEYS = Object.keys(SCHEMA) as ServerKey[];
+
+export const DEFAULTS: Readonly<ServerConfiguration> = Object.freeze(
+  Object.fromEntries(SERVER_KEYS.map((key) => [key, SCHEMA[key].default])) as ServerConfiguration,
+);
+
+/** Settings the client keeps to itself (never sent: the server warns about unknown keys). */
 export const CLIENT_ONLY_KEYS = ['serverPython'] as const;
 /** Settings whose change needs a new server process rather than a configuration refresh. */
 export const RESTART_KEYS = ['serverPython'] as const;
-
-export const SERVER_KEYS = Object.keys(DEFAULTS) as (keyof ServerConfiguration)[];
 
 /** Reads one setting of the section (`get('k')` for `nextls.k`); undefined when unset. */
 export type SettingsReader = (key: string) => unknown;
@@ -82,52 +104,46 @@ export function expandPath(value: string, vars: Variables = {}): string {
   return out;
 }
 
-function asString(value: unknown, fallback: string): string {
-  return typeof value === 'string' ? value : fallback;
-}
-
 function asNumber(value: unknown, fallback: number, min?: number, integer = false): number {
-  let n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
-  if (typeof n !== 'number' || !Number.isFinite(n)) {
+  const raw = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+  if (typeof raw !== 'number' || !Number.isFinite(raw)) {
     return fallback;
   }
-  if (integer) {
-    n = Math.trunc(n);
-  }
+  const n = integer ? Math.trunc(raw) : raw;
   if (min !== undefined && n < min) {
     return fallback;
   }
   return n;
 }
 
-function asEnum<T extends string>(value: unknown, allowed: readonly T[], fallback: T): T {
-  return typeof value === 'string' && (allowed as readonly string[]).includes(value) ? (value as T) : fallback;
-}
-
-function asBoolean(value: unknown, fallback: boolean): boolean {
-  return typeof value === 'boolean' ? value : fallback;
+function convert(spec: Spec, value: unknown, vars: Variables): unknown {
+  switch (spec.kind) {
+    case 'path':
+      return typeof value === 'string' ? expandPath(value, vars) : spec.default;
+    case 'int':
+      return asNumber(value, spec.default, spec.min, true);
+    case 'intOrNull':
+      return value === null || value === undefined || value === '' ? null : asNumber(value, NaN, spec.min, true) || null;
+    case 'number':
+      return asNumber(value, spec.default, spec.min);
+    case 'bool':
+      return typeof value === 'boolean' ? value : spec.default;
+    case 'enum':
+      return typeof value === 'string' && spec.values.includes(value) ? value : spec.default;
+  }
 }
 
 /**
- * The `nextls` section as the server should see it: every key present, typed, paths expanded,
- * invalid values replaced by the default, client-only keys dropped.
+ * The `nextls` section as the server should see it: every server key present, typed, paths expanded,
+ * invalid values replaced by the default (the server would warn and keep its default anyway),
+ * client-only keys dropped.
  */
 export function toServerConfiguration(get: SettingsReader, vars: Variables = {}): ServerConfiguration {
-  return {
-    modelPath: expandPath(asString(get('modelPath'), DEFAULTS.modelPath), vars),
-    loraPath: expandPath(asString(get('loraPath'), DEFAULTS.loraPath), vars),
-    k: asNumber(get('k'), DEFAULTS.k, 1, true),
-    temperature: asNumber(get('temperature'), DEFAULTS.temperature, 0),
-    maxTokens: asNumber(get('maxTokens'), DEFAULTS.maxTokens, 1, true),
-    gpuLayers: asNumber(get('gpuLayers'), DEFAULTS.gpuLayers, -1, true),
-    python: expandPath(asString(get('python'), DEFAULTS.python), vars),
-    testDiscovery: asString(get('testDiscovery'), DEFAULTS.testDiscovery),
-    testTimeout: asNumber(get('testTimeout'), DEFAULTS.testTimeout, Number.MIN_VALUE),
-    diagnostics: asEnum(get('diagnostics'), DIAGNOSTICS_MODES, DEFAULTS.diagnostics),
-    inlayHints: asBoolean(get('inlayHints'), DEFAULTS.inlayHints),
-    hoverBudgetMs: asNumber(get('hoverBudgetMs'), DEFAULTS.hoverBudgetMs, 0, true),
-    traceBackend: asEnum(get('traceBackend'), TRACE_BACKENDS, DEFAULTS.traceBackend),
-  };
+  const out: Record<string, unknown> = {};
+  for (const key of SERVER_KEYS) {
+    out[key] = convert(SCHEMA[key] as Spec, get(key), vars);
+  }
+  return out as ServerConfiguration;
 }
 
 /** A reader over a plain object such as `{k: 2}` (tests, `initializationOptions`). */
@@ -157,7 +173,7 @@ export function configurationItem(section: string | undefined, config: ServerCon
   if (section !== undefined && section.startsWith(SECTION + '.')) {
     const key = section.slice(SECTION.length + 1);
     if ((SERVER_KEYS as string[]).includes(key)) {
-      return config[key as keyof ServerConfiguration];
+      return config[key as ServerKey];
     }
     return null;
   }

@@ -5,24 +5,18 @@
  */
 import * as vscode from 'vscode';
 import { ServerManager } from './client';
-import { CURSOR_TITLES, type CommandHost, type CursorCommand, registerCommands } from './commands';
+import { CURSOR_TITLES, type CommandHost, type CursorCommand, SERVER_COMMANDS, registerCommands } from './commands';
 import { SECTION, classifyChange } from './config';
 import { MarkdownPanel } from './panel';
-import { type RationaleInfo, rationaleMarkdown, resultMarkdown, unifiedDiff } from './rationale';
-import { StatusModel } from './status';
+import { type ShowRationaleArgument, rationaleMarkdown, resultMarkdown, unifiedDiff } from './rationale';
+import { PendingRationales } from './pending';
+import { StatusModel, deviceFrom } from './status';
 
 /** What `activate` returns: used by the e2e test and by other extensions. */
 export interface NextlsApi {
   readonly manager: ServerManager;
   readonly status: StatusModel;
   readonly panel: MarkdownPanel;
-}
-
-export interface ShowRationaleArgument {
-  info: RationaleInfo;
-  uri?: string;
-  before?: string;
-  then?: vscode.Command;
 }
 
 export function activate(context: vscode.ExtensionContext): NextlsApi {
@@ -41,8 +35,28 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
   paint();
   item.show();
 
-  const manager = new ServerManager(output, status);
   const panel = new MarkdownPanel();
+
+  /** The rationale of an applied fix, and the applied change, in the panel beside the editor. */
+  const showRationale = async ({ info, uri, before, then }: ShowRationaleArgument): Promise<void> => {
+    output.info(`showing the rationale of the fix of ${info.title ?? '?'}`);
+    let diff: string | undefined;
+    if (uri !== undefined && before !== undefined) {
+      const after = vscode.workspace.textDocuments.find((d) => d.uri.toString() === uri)?.getText();
+      if (after !== undefined) {
+        diff = unifiedDiff(before, after, vscode.Uri.parse(uri).path.split('/').pop());
+      }
+    }
+    await panel.show(`NExT rationale${info.title ? `: ${info.title}` : ''}`, rationaleMarkdown(info, diff));
+    // the server's own nextls.showRationale would repeat the rationale as a message: the panel has it
+    if (then !== undefined && then.command !== SERVER_COMMANDS.showRationale) {
+      await vscode.commands.executeCommand(then.command, ...(then.arguments ?? []));
+    }
+  };
+  const pending = new PendingRationales((argument) => {
+    showRationale(argument).catch((error: unknown) => output.error(`showing the rationale: ${String(error)}`));
+  });
+  const manager = new ServerManager(output, status, (argument) => pending.arm(argument));
 
   const host: CommandHost = {
     executeOnServer: (command, args) => manager.executeCommand(command, args),
@@ -52,27 +66,22 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
     },
     showOutput: () => output.show(true),
     showResult: async (kind: CursorCommand, document: vscode.Uri, result: unknown) => {
-      const name = document.path.split('/').pop() ?? '';
-      const markdown = resultMarkdown(`${CURSOR_TITLES[kind]}: ${name}`, result);
+      // fix results say where the model ran; explanations say it in their origin ("x.gguf on CPU, unverified")
+      const { device, origin } = (result ?? {}) as { device?: unknown; origin?: unknown };
+      const where = typeof device === 'string' ? device : typeof origin === 'string' ? deviceFrom(origin) : undefined;
+      if (where !== undefined) {
+        status.setModel(undefined, where);
+      }
+      const markdown = resultMarkdown(kind, result);
       if (markdown !== undefined) {
+        const fn = (result as { function?: unknown } | undefined)?.function;
+        const name = typeof fn === 'string' ? fn : document.path.split('/').pop() ?? '';
         await panel.show(`NExT ${CURSOR_TITLES[kind].toLowerCase()}: ${name}`, markdown);
       }
     },
     showRationale: async (arg: unknown) => {
-      const { info, uri, before, then } = (arg ?? {}) as ShowRationaleArgument;
-      if (info === undefined) {
-        return;
-      }
-      let diff: string | undefined;
-      if (uri !== undefined && before !== undefined) {
-        const after = vscode.workspace.textDocuments.find((d) => d.uri.toString() === uri)?.getText();
-        if (after !== undefined) {
-          diff = unifiedDiff(before, after, vscode.Uri.parse(uri).path.split('/').pop());
-        }
-      }
-      await panel.show(`NExT rationale${info.title ? `: ${info.title}` : ''}`, rationaleMarkdown(info, diff));
-      if (then !== undefined) {
-        await vscode.commands.executeCommand(then.command, ...(then.arguments ?? []));
+      if (arg !== null && typeof arg === 'object' && 'info' in arg) {
+        pending.commandRan(arg as ShowRationaleArgument);
       }
     },
     reportError: (message: string) => {
@@ -91,6 +100,12 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
     item,
     manager,
     panel,
+    pending,
+    vscode.workspace.onDidChangeTextDocument((event) => {
+      if (event.contentChanges.length > 0) {
+        pending.documentChanged(event.document.uri.toString());
+      }
+    }),
     ...registerCommands(host),
     vscode.workspace.onDidChangeConfiguration((event) => {
       if (!event.affectsConfiguration(SECTION)) {

@@ -119,7 +119,7 @@ export type Runner = (
   command: string,
   args: string[],
   timeoutMs: number,
-) => Promise<{ code: number | null; stdout: string; stderr: string; error?: NodeJS.ErrnoException }>;
+) => Promise<{ code: number | null; stdout: string; stderr: string; error?: { code?: string | number | null; message: string } }>;
 
 export const runProcess: Runner = (command, args, timeoutMs) =>
   new Promise((resolve) => {

@@ -54,6 +54,7 @@ function page(title: string, body: string, cspSource: string): string {
   body { font-family: var(--vscode-font-family); font-size: var(--vscode-font-size); color: var(--vscode-foreground); padding: 0 16px; line-height: 1.5; }
   pre, code { font-family: var(--vscode-editor-font-family); font-size: var(--vscode-editor-font-size); }
   pre { background: var(--vscode-textCodeBlock-background); padding: 8px; overflow-x: auto; }
+  pre code { background: transparent; padding: 0; }
   h1 { font-size: 1.4em; } h2 { font-size: 1.15em; }
 </style>
 </head>

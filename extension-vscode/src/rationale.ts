@@ -78,6 +78,43 @@ export function extractRationale(data: unknown, commandArguments?: unknown[]): R
   return undefined;
 }
 
+export interface CommandLike {
+  title: string;
+  command: string;
+  arguments?: unknown[];
+}
+
+/** What `nextls.client.showRationale` receives. */
+export interface ShowRationaleArgument {
+  /** Set by PendingRationales, so one fix's rationale is shown once. */
+  id?: number;
+  info: RationaleInfo;
+  /** The edited document, and its text before the edit (for the diff when the server sends none). */
+  uri?: string;
+  before?: string;
+  /** The server's own command of the action, run after the rationale is shown. */
+  then?: CommandLike;
+}
+
+/**
+ * The command a resolved quick fix should run once its edit is applied: ours, showing the rationale in a
+ * panel beside the editor; undefined (keep the server's command) when the action carries no rationale.
+ */
+export function rationaleCommand(
+  showRationaleId: string,
+  data: unknown,
+  command: CommandLike | undefined,
+  uri?: string,
+  before?: string,
+): CommandLike | undefined {
+  const info = extractRationale(data, command?.arguments);
+  if (info === undefined) {
+    return undefined;
+  }
+  const argument: ShowRationaleArgument = { info, uri, before, then: command };
+  return { title: 'Show the rationale', command: showRationaleId, arguments: [argument] };
+}
+
 /** A unified diff of two texts (line LCS; fine for one function). */
 export function unifiedDiff(before: string, after: string, name = 'file', context = 3): string {
   const a = before.split('\n');
@@ -101,10 +138,10 @@ export function unifiedDiff(before: string, after: string, name = 'file', contex
   while (i < n || j < m) {
     if (i < n && j < m && a[i] === b[j]) {
       ops.push({ tag: ' ', text: a[i], ai: i++, bi: j++ });
-    } else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) {
-      ops.push({ tag: '+', text: b[j], ai: i, bi: j++ });
-    } else {
+    } else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) {
       ops.push({ tag: '-', text: a[i], ai: i++, bi: j });
+    } else {
+      ops.push({ tag: '+', text: b[j], ai: i, bi: j++ });
     }
   }
   const changed = ops.map((op, k) => (op.tag !== ' ' ? k : -1)).filter((k) => k >= 0);
@@ -146,48 +183,107 @@ export function rationaleMarkdown(info: RationaleInfo, diff?: string): string {
   for (const detail of info.details ?? []) {
     parts.push('', `*${detail}*`);
   }
-  const shown = info.diff ?? diff;
+  // the diff of what was applied in the editor, else the server's
+  const shown = diff || info.diff;
   if (shown) {
     parts.push('', '## Applied change', '', fence(shown, 'diff'));
   }
   return parts.join('\n') + '\n';
 }
 
-/** The markdown for what a trace / explain / fix command returned (whatever shape it has). */
-export function resultMarkdown(title: string, result: unknown): string | undefined {
-  if (result === null || result === undefined || result === true || result === false) {
+interface TestJson {
+  id?: string;
+  outcome?: string;
+  message?: string;
+}
+
+function testLines(tests: unknown): string[] {
+  if (!Array.isArray(tests)) {
+    return [];
+  }
+  return (tests as TestJson[]).map((t) => {
+    const first = (t.message ?? '').split('\n')[0];
+    return `- **${t.outcome ?? '?'}** \`${t.id ?? '?'}\`${first ? ` — ${first}` : ''}`;
+  });
+}
+
+/**
+ * The markdown for what `nextls.traceFunction` / `explainFunction` / `fixFunction` returned
+ * (server/nextls/lsp/commands.py); a generic rendering for any other shape; undefined for nothing.
+ */
+export function resultMarkdown(kind: 'trace' | 'explain' | 'fix', result: unknown): string | undefined {
+  if (result === null || result === undefined || typeof result === 'boolean') {
     return undefined;
   }
   if (typeof result === 'string') {
-    return result.trim() === '' ? undefined : `# ${title}\n\n${looksLikeCode(result) ? fence(result, 'python') : result}\n`;
+    return result.trim() === '' ? undefined : `${looksLikeCode(result) ? fence(result, 'python') : result}\n`;
   }
-  if (isRecord(result)) {
-    if (typeof result.markdown === 'string') {
-      return result.markdown;
+  if (!isRecord(result)) {
+    return fence(JSON.stringify(result, null, 2), 'json') + '\n';
+  }
+  if (typeof result.markdown === 'string') {
+    return result.markdown;
+  }
+  const fn = typeof result.function === 'string' ? ` \`${result.function}\`` : '';
+  const parts: string[] = [];
+  if (kind === 'trace') {
+    parts.push(`# Trace of${fn}`);
+    const tests = testLines(result.tests);
+    if (tests.length > 0) {
+      parts.push('', ...tests);
     }
-    const parts = [`# ${title}`];
-    if (typeof result.message === 'string') {
+    if (typeof result.traced_test === 'string') {
+      parts.push('', `Traced \`${result.traced_test}\`${typeof result.steps === 'number' ? ` (${result.steps} steps)` : ''}:`);
+    }
+    if (typeof result.rendered === 'string' && result.rendered.trim() !== '') {
+      parts.push('', fence(result.rendered, 'python'));
+    } else {
+      parts.push('', '*No trace was recorded (every test passes, or the traced test did not finish).*');
+    }
+  } else if (kind === 'explain') {
+    parts.push(`# Why${fn} fails`);
+    if (typeof result.explanation === 'string') {
+      parts.push('', result.explanation.trim());
+      if (typeof result.origin === 'string') {
+        parts.push('', `*${result.origin}*`);
+      }
+    } else if (typeof result.message === 'string') {
       parts.push('', result.message);
     }
-    const info = fromRecord(result);
-    if (info !== undefined) {
-      parts.push('', '## Rationale', '', info.rationale.trim());
+  } else {
+    parts.push(`# Fix of${fn}`);
+    const best = isRecord(result.best) ? result.best : undefined;
+    if (result.applied === true) {
+      parts.push('', '**Applied** a fix that passes every test.');
+    } else if (result.failing === 0) {
+      parts.push('', 'Every test passes: nothing to fix.');
+    } else {
+      parts.push('', `**Not applied**: ${best?.status === 'verified' ? 'the edit was not accepted' : 'no candidate passes every test'}.`);
     }
-    for (const key of ['rendered', 'trace', 'code', 'source', 'new_source']) {
-      if (typeof result[key] === 'string' && (result[key] as string).trim() !== '') {
-        parts.push('', fence(result[key] as string, 'python'));
-        break;
+    if (best !== undefined) {
+      const info = fromRecord(best);
+      if (info !== undefined) {
+        parts.push('', '## Rationale', '', info.rationale.trim());
+        for (const detail of info.details ?? []) {
+          parts.push('', `*${detail}*`);
+        }
+      }
+      if (typeof best.diff === 'string' && best.diff.trim() !== '') {
+        parts.push('', '## Change', '', fence(best.diff, 'diff'));
       }
     }
-    if (typeof result.diff === 'string') {
-      parts.push('', fence(result.diff, 'diff'));
+    if (Array.isArray(result.candidates) && result.candidates.length > 0) {
+      parts.push('', '## Samples', '');
+      (result.candidates as Record<string, unknown>[]).forEach((c, i) => {
+        const reason = typeof c.reason === 'string' && c.reason ? ` — ${c.reason}` : '';
+        parts.push(`${i + 1}. ${String(c.status)}: ${String(c.passed)}/${String(c.total)} tests${reason}`);
+      });
     }
-    if (parts.length === 1) {
-      parts.push('', fence(JSON.stringify(result, null, 2), 'json'));
+    if (typeof result.device === 'string') {
+      parts.push('', `*Model on ${result.device}*`);
     }
-    return parts.join('\n') + '\n';
   }
-  return `# ${title}\n\n${fence(JSON.stringify(result, null, 2), 'json')}\n`;
+  return parts.join('\n') + '\n';
 }
 
 function looksLikeCode(text: string): boolean {

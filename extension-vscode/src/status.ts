@@ -44,10 +44,19 @@ export function deviceFrom(text: string): 'GPU' | 'CPU' | undefined {
   return match[1].toLowerCase() === 'cpu' ? 'CPU' : 'GPU';
 }
 
+/** "GPU (CUDA), 31/31 layers offloaded" -> GPU; "CPU (scripted answers)" -> CPU. */
+export function shortDevice(text: string): string {
+  const match = /^\s*(GPU|CPU)\b/i.exec(text);
+  return match ? match[1].toUpperCase() : deviceFrom(text) ?? text;
+}
+
 export class StatusModel {
   phase: Phase = 'stopped';
   model?: string;
+  /** GPU / CPU */
   device?: string;
+  /** What the server said, e.g. "GPU (CUDA), 31/31 layers offloaded". */
+  deviceDetail?: string;
   lastError?: string;
   interpreter?: string;
   private readonly tasks = new Map<string, Task>();
@@ -87,7 +96,10 @@ export class StatusModel {
   /** The model the server loaded; the device may also be read from a progress message. */
   setModel(model: string | undefined, device: string | undefined): void {
     this.model = model ?? this.model;
-    this.device = device ?? this.device;
+    if (device !== undefined && device !== '') {
+      this.deviceDetail = device;
+      this.device = shortDevice(device);
+    }
     this.changed();
   }
 
@@ -131,7 +143,7 @@ export class StatusModel {
       lines.push(`Python: ${this.interpreter}`);
     }
     if (this.model || this.device) {
-      lines.push(`Model: ${this.model ?? 'default'}${this.device ? ` on ${this.device}` : ' (not loaded yet)'}`);
+      lines.push(`Model: ${this.model ?? 'loaded'}${this.device ? ` on ${this.deviceDetail ?? this.device}` : ' (not loaded yet)'}`);
     }
     for (const task of this.tasks.values()) {
       lines.push(`Busy: ${formatTask(task)}`);

@@ -208,6 +208,19 @@ def command_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(args: argparse.Namespace) -> int:
+    from nextls.lsp.server import serve
+
+    tcp = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--tcp {args.tcp!r}: give HOST:PORT, e.g. 127.0.0.1:2087")
+        tcp = (host, int(port))
+    serve(tcp=tcp, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextls", description=(
         "Explain why a Python function fails its tests, from its execution trace, and offer a verified fix."))
@@ -247,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(explain)
     # one greedy answer: its rationale is the explanation
     explain.set_defaults(handler=command_explain, temperature=0.0, k=1, first=False)
+
+    serve = commands.add_parser("serve", help="run the language server (LSP over stdio, or TCP)",
+                                description="Run the nextls language server: failing-test diagnostics, verified "
+                                            "quick fixes, hovers and inlay hints from execution traces.")
+    serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    serve.add_argument("--clientProcessId", dest="client_process_id", help=argparse.SUPPRESS)
+    serve.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                       help="what the server logs to stderr (default: %(default)s)")
+    serve.set_defaults(handler=command_serve)
     return parser
 
 

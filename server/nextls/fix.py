@@ -18,9 +18,17 @@ from nextls.answer import Candidate, parse_answer
 from nextls.discovery import target_module
 from nextls.model import Generation, LlamaRuntime
 from nextls.prompt import RepairTask, build_messages
-from nextls.runner import RunConfig, TestResult, run_tests
-from nextls.splice import SpliceError, edit_size, function_source, replace_function, unified_diff
-from nextls.trace.capture import TraceReport, test_result_text, trace_function
+from nextls.runner import RunConfig, TestCase, TestResult, run_tests
+from nextls.splice import (
+    FunctionSpan,
+    SpliceError,
+    edit_size,
+    find_function,
+    function_source,
+    replace_function,
+    unified_diff,
+)
+from nextls.trace.capture import TraceReport, describe_result, trace_function
 from nextls.trace.render import RenderOptions, strip_trace_comments
 
 Progress = Callable[[str], None]
@@ -109,7 +117,7 @@ def repair_task(report: TraceReport) -> RepairTask:
     except (SyntaxError, IndexError):
         pass
     tests = tuple(dict.fromkeys(test.source for test in report.tests if test.kind != "doctest"))
-    failures = tuple(f"{result.id}: {test_result_text(result)}" for result in report.failing)
+    failures = tuple(f"{result.id}: {describe_result(result)}" for result in report.failing)
     return RepairTask(function_name=report.span.name, code=function, tests=tests, failures=failures,
                       description=description, trace=report.rendered or None)
 
@@ -133,7 +141,7 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source
     if not traced.failing:
         return report
     report.prompt = runtime.format_chat(build_messages(repair_task(traced), use_trace=options.use_trace))
-    verifier = _Verifier(traced, config, cancel)
+    verifier = _Verifier(traced.file, traced.source, traced.span, traced.tests, config, cancel)
     candidates: list[FixCandidate] = []
 
     def verify(generation: Generation) -> bool:
@@ -142,9 +150,10 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source
         candidate = verifier.check(len(candidates), generation)
         report.timings["verify"] = report.timings.get("verify", 0.0) + time.perf_counter() - started_verify
         candidates.append(candidate)
-        if len(candidates) < options.k:
+        stop = options.stop_at_first_verified and candidate.verified
+        if not stop and len(candidates) < options.k:
             say(f"sampling {len(candidates) + 1}/{options.k}")
-        return options.stop_at_first_verified and candidate.verified
+        return stop
 
     say(f"sampling 1/{options.k}")
     started = time.perf_counter()
@@ -155,19 +164,33 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source
     return report
 
 
+def verify_answer(text: str, *, file: Path, source: str, function: str | int, tests: list[TestCase],
+                  config: RunConfig = RunConfig(), cancel: threading.Event | None = None) -> FixCandidate:
+    """Verify one model answer as `fix_function` does: parse it, splice its fix into `source` (the text of
+    `file`, which need not be on disk), run all `tests`; "verified" when every test passes. Each call stands
+    alone (no duplicate detection across calls). Training's filter step uses it."""
+    span = find_function(source, function)
+    generation = Generation(text=text, prompt_tokens=0, completion_tokens=0, finish_reason="stop", seconds=0.0,
+                            seed=0, reused_prompt_tokens=0)
+    return _Verifier(file, source, span, tests, config, cancel).check(0, generation)
+
+
 class _Verifier:
     """Splices each candidate into the file and runs all the tests; remembers what it has seen."""
 
-    def __init__(self, traced: TraceReport, config: RunConfig, cancel: threading.Event | None) -> None:
-        self.traced = traced
+    def __init__(self, file: Path, source: str, span: FunctionSpan, tests: list[TestCase], config: RunConfig,
+                 cancel: threading.Event | None) -> None:
+        self.file = file
+        self.span = span
+        self.tests = tests
         self.config = config
         self.cancel = cancel
-        self.source = traced.source
-        self.old_function = function_source(self.source, traced.span)
+        self.source = source
+        self.old_function = function_source(self.source, span)
         self.seen: dict[str, int] = {}  # normalized code -> index of the first candidate with it
 
     def check(self, index: int, generation: Generation) -> FixCandidate:
-        candidate = parse_answer(generation.text, self.traced.span.name)
+        candidate = parse_answer(generation.text, self.span.name)
         if candidate.usable:
             candidate = replace(candidate, code=strip_trace_comments(candidate.code))
         result = FixCandidate(index=index, generation=generation, candidate=candidate)
@@ -175,7 +198,7 @@ class _Verifier:
             result.reason = candidate.reject_reason or "unusable answer"
             return result
         try:
-            new_source = replace_function(self.source, self.traced.span, candidate.code)
+            new_source = replace_function(self.source, self.span, candidate.code)
         except SpliceError as error:
             result.reason = f"cannot splice the fix into the file: {error}"
             return result
@@ -188,11 +211,11 @@ class _Verifier:
         if new_source == self.source:
             result.reason = "the answer repeats the original function unchanged"
             return result
-        module = target_module(self.traced.file, new_source, self.traced.tests)
-        run = run_tests(module, self.traced.tests, self.config, cancel=self.cancel)
+        module = target_module(self.file, new_source, self.tests)
+        run = run_tests(module, self.tests, self.config, cancel=self.cancel)
         result.results = run.results
         result.new_source = new_source
-        result.diff = unified_diff(self.source, new_source, str(self.traced.file))
+        result.diff = unified_diff(self.source, new_source, str(self.file))
         result.edit_size = edit_size(self.old_function, candidate.code)
         all_passed = bool(run.results) and all(test.passed for test in run.results)
         result.status = "verified" if all_passed else "partial" if result.passed else "failing"

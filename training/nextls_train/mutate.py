@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -221,7 +222,7 @@ def _local_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, 
 class _Mutator:
     def __init__(self, source: str, function_name: str | None) -> None:
         self.src = _Source(source)
-        self.tree = ast.parse(source)
+        self.tree = parse(source)
         self.function = _function_node(self.tree, function_name)
         self.parents = _parents(self.tree)
 
@@ -291,7 +292,7 @@ class _Mutator:
                     if edit:
                         yield edit, f"`{old}` -> `{new}`", node.lineno
             elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-                start, end = self.src.span(node)
+                start, _ = self.src.span(node)
                 operand_start, _ = self.src.span(node.operand)
                 if self.src.text[start:operand_start].strip() == "not":
                     yield _Edit(start, operand_start, ""), "`not` dropped", node.lineno
@@ -594,10 +595,17 @@ def pick(candidates: list[Mutation], count: int, seed: int | str) -> list[Mutati
     return picked
 
 
+def parse(code: str) -> ast.Module:
+    """`ast.parse`, quiet about MBPP's invalid escape sequences (a SyntaxWarning since Python 3.12)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+        return ast.parse(code)
+
+
 def normalized_ast(code: str) -> str | None:
     """A key equal for programs that differ only in formatting, comments and docstrings; None if unparsable."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except (SyntaxError, ValueError):
         return None
     for node in ast.walk(tree):

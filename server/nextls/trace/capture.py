@@ -64,7 +64,7 @@ def read_source(file: Path) -> str:
         raise SourceError(f"{file}: cannot read it ({error.strerror})") from None
 
 
-def test_result_text(result: TestResult) -> str:
+def describe_result(result: TestResult) -> str:
     return f"{result.outcome.value}: {result.message}" if result.message else result.outcome.value
 
 
@@ -82,12 +82,12 @@ def trace_function(file: Path, target: str | int, *, source: str | None = None, 
     span = find_function(source, target)
     root = find_workspace_root(file)
     tests = discover_tests(file, source, span, root=root, tests_file=tests_file)
+    module = target_module(file, source, tests, root=root)  # every test assert blanked, even unselected ones
     if test_id is not None:
         tests = [test for test in tests if test.id == test_id] or _no_such_test(test_id, tests)
     if not tests:
         raise NoTestsError(f"no tests found for {span.qualname} in {file}: add a doctest, an `assert "
                            f"{span.name}(...) == ...` line, a pytest test, or pass a tests file")
-    module = target_module(file, source, tests, root=root)
     started = time.perf_counter()
     run = run_tests(module, tests, config, cancel=cancel)
     report = TraceReport(file=file, span=span, tests=tests, results=run.results, source=source,
@@ -109,7 +109,7 @@ def trace_function(file: Path, target: str | int, *, source: str | None = None, 
         report.rendered = render_naturalized(
             "\n".join(lines), span.start_line, report.trace,
             test_source=None if chosen.kind == "doctest" else chosen.source,
-            test_result=test_result_text(report.traced_result) if report.traced_result else None,
+            test_result=describe_result(report.traced_result) if report.traced_result else None,
             options=render_options)
     return report
 

@@ -21,11 +21,12 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import debugpy
 
-from nextls.sandbox import Limits, ProcessResult, run_process
+from nextls.sandbox import Limits, Outcome, ProcessResult, run_process
 from nextls.trace.dap import DapClient, DapError
 
 RECORDER_SOURCE_PATH = Path(__file__).resolve().parent.parent / "child" / "nextls_recorder.py"
@@ -72,6 +73,7 @@ if _spec is not None and _spec.loader is not None:
     _spec.loader.exec_module(_module)
 '''
 
+_EXIT_GRACE_S = 2.0  # how long a debuggee that dropped the DAP connection gets to finish on its own
 _shim_lock = threading.Lock()
 _shim: Path | None = None
 
@@ -114,15 +116,25 @@ def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec:
         name="nextls-debuggee", daemon=True)
     child.start()
     watcher = _CancelWatcher(cancel, abort)
+    lost: DapError | None = None
     try:
         _drive(trace_spec, child, limits.wall_time)
-    except DapError:
-        abort.set()  # a debuggee left stopped would wait for its time limit; the test results say what happened
+    except DapError as error:
+        # the debuggee often closes the connection as it exits; one still alive after a grace period
+        # would sit stopped until its time limit
+        child.join(_EXIT_GRACE_S)
+        if child.is_alive():
+            lost = error
+            abort.set()
     finally:
         watcher.stop()
         child.join()
+    result = outcome[0]
+    if lost is not None and not (cancel is not None and cancel.is_set()):
+        # our abort, not the caller's cancel: report a failed run, not a cancelled one
+        result = replace(result, outcome=Outcome.CRASHED, stderr=f"{result.stderr}\ndebug session lost: {lost}")
     out = Path(trace_spec["out"])
-    return outcome[0], (json.loads(out.read_text("utf-8")) if out.exists() else None)
+    return result, (json.loads(out.read_text("utf-8")) if out.exists() else None)
 
 
 def _drive(trace_spec: dict, child: threading.Thread, timeout: float) -> None:
@@ -143,13 +155,16 @@ def _drive(trace_spec: dict, child: threading.Thread, timeout: float) -> None:
         client.request("setExceptionBreakpoints", {"filters": []})
         client.request("configurationDone")
         client.wait_response(attach, timeout)
-        for expression in (_inject_and_start(trace_spec), _stop_and_write(trace_spec)):
+        for last, expression in enumerate((_inject_and_start(trace_spec), _stop_and_write(trace_spec))):
             thread_id = client.wait_event("stopped", max(0.1, deadline - time.monotonic()), child.is_alive)["threadId"]
             frames = client.request("stackTrace", {"threadId": thread_id, "levels": 1})["stackFrames"]
             client.request("evaluate", {"expression": expression, "frameId": frames[0]["id"], "context": "repl"})
-            client.request("continue", {"threadId": thread_id})
-        # no need to wait for the answer: the harness exits right after the traced test
-        client.send("disconnect", {"terminateDebuggee": False})
+            if last:
+                # no waiting for answers: the harness exits right after the traced test, often before replying
+                client.send("continue", {"threadId": thread_id})
+                client.send("disconnect", {"terminateDebuggee": False})
+            else:
+                client.request("continue", {"threadId": thread_id})
         child.join(max(0.0, deadline - time.monotonic()))
     finally:
         client.close()

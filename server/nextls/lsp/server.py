@@ -1,0 +1,325 @@
+"""The nextls language server: creates the pygls server and registers the features.
+
+Run it with `nextls serve` (stdio; `--stdio` is accepted for vscode-languageclient) or
+`nextls serve --tcp HOST:PORT`. Everything slow runs in `jobs`; handlers here only route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.capabilities import get_capability
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.uris import to_fs_path
+from pygls.workspace import TextDocument
+
+from nextls import __version__
+from nextls.lsp import code_actions, commands, diagnostics, hover, inlay_hints
+from nextls.lsp.config import SECTION, Settings, parse_settings, section_of
+from nextls.lsp.jobs import Job, JobRunner, ModelHost
+from nextls.lsp.state import ServerState, Snapshot, UnknownDocument, Workbench
+
+logger = logging.getLogger(__name__)
+
+
+class NextProtocol(LanguageServerProtocol):
+    """pygls' protocol, plus hooks run on `$/cancelRequest` (pygls alone cannot stop a command's work)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancel_hooks: dict[Any, list[Callable[[], None]]] = {}
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        for hook in self.cancel_hooks.pop(msg_id, []):
+            try:
+                hook()
+            except Exception:
+                logger.exception("cancel hook failed")
+        super()._handle_cancel_notification(msg_id)
+
+    def _send_response(self, msg_id: Any, result: Any | None = None, error: Any = None) -> None:
+        self.cancel_hooks.pop(msg_id, None)
+        super()._send_response(msg_id, result, error)
+
+
+class WorkDoneProgress:
+    """A job's `$/progress` reports, through a server-initiated (cancellable) work-done token."""
+
+    def __init__(self, ls: NextLanguageServer, job: Job) -> None:
+        self.ls = ls
+        self.token = f"nextls-{uuid.uuid4().hex[:12]}"
+        progress = ls.work_done_progress
+        created = asyncio.run_coroutine_threadsafe(progress.create_async(self.token), ls.loop)
+        created.result(timeout=5)
+        registered = progress.tokens.get(self.token)
+        if registered is not None:  # window/workDoneProgress/cancel from the client
+            registered.add_done_callback(lambda future: job.cancel.set() if future.cancelled() else None)
+        ls.post(progress.begin, self.token, types.WorkDoneProgressBegin(title=job.title, cancellable=True))
+
+    def report(self, message: str, percentage: int | None = None) -> None:
+        self.ls.post(self.ls.work_done_progress.report, self.token,
+                     types.WorkDoneProgressReport(message=message, percentage=percentage))
+
+    def end(self, message: str) -> None:
+        self.ls.post(self._end, message)
+
+    def _end(self, message: str) -> None:
+        self.ls.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
+        self.ls.work_done_progress.tokens.pop(self.token, None)
+
+
+class NextLanguageServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("nextls", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=NextProtocol)
+        self.settings = Settings()
+        self.initialization_settings: dict = {}
+        self.state = ServerState()
+        self.models = ModelHost(on_load=lambda message: self.log(f"nextls: {message}"))
+        self.jobs = JobRunner(progress=self._progress_for)
+        self.workbench = Workbench(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
+        self.debounce_timers: dict[str, asyncio.TimerHandle] = {}
+        # documents opened before the client's settings arrived wait for them (the mode may be onDemand)
+        self.settings_ready = False
+        self.waiting_for_settings: list[tuple[str, str]] = []
+        self.analysis_jobs: dict[str, Job] = {}
+
+    # -- thread-safe messaging -------------------------------------------------------------------------
+
+    def post(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run `function(*args)` on the event loop (pygls' writers are not thread-safe)."""
+        if self.loop is None or threading.get_ident() == self.loop_thread:
+            function(*args)
+            return
+        try:
+            self.loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the loop is closed: the server is exiting
+            pass
+
+    def show(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
+        logger.log(logging.ERROR if kind == types.MessageType.Error else logging.INFO, "%s", message)
+        self.post(self.window_show_message, types.ShowMessageParams(type=kind, message=message))
+
+    def log(self, message: str, kind: types.MessageType = types.MessageType.Info) -> None:
+        self.post(self.window_log_message, types.LogMessageParams(type=kind, message=message))
+
+    def refresh_inlay_hints(self) -> None:
+        if get_capability(self.client_capabilities, "workspace.inlay_hint.refresh_support", False):
+            self.post(self.workspace_inlay_hint_refresh, None)
+
+    def _progress_for(self, job: Job) -> WorkDoneProgress | None:
+        if self.loop is None or not get_capability(self.client_capabilities, "window.work_done_progress", False):
+            return None
+        return WorkDoneProgress(self, job)
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Run `hook` if the client cancels the request being handled (call from its handler)."""
+        msg_id = self.protocol.msg_id
+        if msg_id is not None:
+            self.protocol.cancel_hooks.setdefault(msg_id, []).append(hook)
+
+    # -- documents -------------------------------------------------------------------------------------
+
+    def open_documents(self) -> dict[str, TextDocument]:
+        try:
+            documents = self.workspace.text_documents
+        except RuntimeError:  # not initialized
+            return {}
+        return {document.uri: document for document in documents.values()}
+
+    def snapshot(self, uri: str) -> Snapshot:
+        """The document's current text: the editor's buffer when open, else the file on disk."""
+        path = to_fs_path(uri) if uri.startswith("file:") else None
+        if path is None:
+            raise UnknownDocument(f"{uri} is not a local file")
+        document = self.open_documents().get(uri)
+        if document is not None:
+            return Snapshot(uri, Path(path), document.source, document.version)
+        from nextls.trace.capture import read_source
+
+        return Snapshot(uri, Path(path), read_source(Path(path)), None)
+
+    # -- settings --------------------------------------------------------------------------------------
+
+    def apply_settings(self, section: dict | None) -> None:
+        merged = {**self.initialization_settings, **(section or {})}
+        new, warnings = parse_settings(merged, self.settings)
+        for warning in warnings:
+            self.log(f"nextls: {warning}", types.MessageType.Warning)
+        if warnings:
+            self.show("nextls: some settings were ignored: " + "; ".join(warnings), types.MessageType.Warning)
+        old, self.settings = self.settings, new
+        if old.model_key() != new.model_key():
+            self.state.explanation_errors.clear()
+        if old.run_key() != new.run_key() or old.diagnostics != new.diagnostics:
+            for uri in self.open_documents():
+                if new.diagnostics == "off":
+                    diagnostics.clear(self, uri)
+                else:
+                    diagnostics.schedule(self, uri, "config")
+        if old.inlay_hints != new.inlay_hints:
+            self.refresh_inlay_hints()
+
+    async def pull_settings(self) -> None:
+        if not get_capability(self.client_capabilities, "workspace.configuration", False):
+            return
+        try:
+            result = await self.protocol.send_request_async(
+                types.WORKSPACE_CONFIGURATION,
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)]))
+        except Exception as error:
+            self.log(f"nextls: could not read the configuration: {error}", types.MessageType.Warning)
+            return
+        section = result[0] if result else None
+        self.apply_settings(section if isinstance(section, dict) else None)
+
+
+server = NextLanguageServer()
+
+
+@server.feature(types.INITIALIZE)
+def _initialize(ls: NextLanguageServer, params: types.InitializeParams) -> None:
+    ls.loop = asyncio.get_running_loop()
+    ls.loop_thread = threading.get_ident()
+    ls.initialization_settings = section_of(params.initialization_options) or {}
+    ls.apply_settings(None)
+
+
+@server.feature(types.INITIALIZED)
+async def _initialized(ls: NextLanguageServer, params: types.InitializedParams) -> None:
+    try:
+        await ls.pull_settings()
+    finally:
+        ls.settings_ready = True
+        waiting, ls.waiting_for_settings = ls.waiting_for_settings, []
+        for uri, reason in waiting:
+            diagnostics.schedule(ls, uri, reason)
+    if get_capability(ls.client_capabilities, "workspace.did_change_configuration.dynamic_registration", False):
+        try:  # so that pull-model clients (VS Code) tell us when the settings change
+            await ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+                id=f"nextls-configuration-{uuid.uuid4().hex[:8]}", method=types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+                register_options={"section": SECTION})]))
+        except Exception as error:
+            ls.log(f"nextls: could not register for configuration changes: {error}", types.MessageType.Warning)
+    ls.log(f"nextls {__version__} ready (python {ls.settings.interpreter}, trace backend {ls.settings.trace_backend})")
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+async def _did_change_configuration(ls: NextLanguageServer, params: types.DidChangeConfigurationParams) -> None:
+    section = section_of(params.settings)
+    if section is not None:
+        ls.apply_settings(section)
+    else:
+        await ls.pull_settings()
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def _did_open(ls: NextLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+    diagnostics.schedule(ls, params.text_document.uri, "open")
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
+def _did_save(ls: NextLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+    diagnostics.schedule(ls, params.text_document.uri, "save")
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def _did_change(ls: NextLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    pass  # typing never starts work: tests run on open/save (debounced) or on demand
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def _did_close(ls: NextLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    timer = ls.debounce_timers.pop(uri, None)
+    if timer is not None:
+        timer.cancel()
+    job = ls.analysis_jobs.pop(uri, None)
+    if job is not None:
+        job.cancel.set()
+    ls.state.forget_document(uri)
+    diagnostics.clear(ls, uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_HOVER)
+async def _hover(ls: NextLanguageServer, params: types.HoverParams) -> types.Hover | None:
+    return await hover.hover(ls, params)
+
+
+@server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
+def _inlay_hints(ls: NextLanguageServer, params: types.InlayHintParams) -> list[types.InlayHint] | None:
+    return inlay_hints.inlay_hints(ls, params)
+
+
+@server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+    code_action_kinds=[types.CodeActionKind.QuickFix, code_actions.UNVERIFIED_KIND], resolve_provider=True))
+def _code_actions(ls: NextLanguageServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+    return code_actions.code_actions(ls, params)
+
+
+@server.feature(types.CODE_ACTION_RESOLVE)
+async def _resolve_code_action(ls: NextLanguageServer, params: types.CodeAction) -> types.CodeAction:
+    return await code_actions.resolve(ls, params)
+
+
+@server.feature(types.SHUTDOWN)
+def _shutdown(ls: NextLanguageServer, params: None) -> None:
+    for timer in ls.debounce_timers.values():
+        timer.cancel()
+    ls.jobs.cancel_all()
+
+
+def _register_command(name: str, handler: Callable[..., Any]) -> None:
+    # pygls resolves the handler's annotations at call time: give it ones this module defines
+    if asyncio.iscoroutinefunction(handler):
+        async def run(ls: NextLanguageServer, *args: Any) -> Any:
+            return await handler(ls, *args)
+    else:
+        def run(ls: NextLanguageServer, *args: Any) -> Any:
+            return handler(ls, *args)
+    server.command(name)(run)
+
+
+for _name, _handler in {
+    "nextls.traceFunction": commands.trace_function, "nextls.explainFunction": commands.explain_function,
+    "nextls.fixFunction": commands.fix_function, "nextls.runTests": commands.run_tests,
+    "nextls.clearCache": commands.clear_cache, "nextls.showRationale": commands.show_rationale,
+    "nextls.showMessage": commands.show_message,
+}.items():
+    _register_command(_name, _handler)
+
+
+def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> None:
+    """Run the server until the client disconnects (stdio) or forever (TCP)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="nextls %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nextls").setLevel(log_level)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack on stderr, for a stuck server
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        if tcp is not None:
+            server.start_tcp(*tcp)
+            return
+        # LSP owns the real stdout; anything else that writes to fd 1 (a stray print, native code) goes to
+        # stderr instead of corrupting the protocol stream.
+        protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+        server.start_io(sys.stdin.buffer, protocol_out)
+    finally:
+        server.jobs.cancel_all()
+        server.jobs.wait_idle(3.0)

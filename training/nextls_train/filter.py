@@ -145,7 +145,7 @@ def run_filter(tasks: Sequence[TaskRecord], samples_dir: Path, out_dir: Path, co
     summary["seconds"] = round(time.perf_counter() - started, 2)
     kept = [v for v in all_verdicts if v["status"] == "verified"]
     rows = [{"task": v["task"], "index": v["index"], "rationale": v["rationale"], "code": v["code"],
-             "answer": format_answer(v["rationale"], v["code"])} for v in kept]
+             "answer": format_answer(v["rationale"], v["code"]).lstrip()} for v in kept]
     write_jsonl(out_dir / KEPT, rows)
     per_task: dict[str, list[int]] = {}
     for verdict in all_verdicts:

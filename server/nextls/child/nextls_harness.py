@@ -127,24 +127,29 @@ class TraceControl:
 
     def __init__(self, spec: dict | None) -> None:
         self.spec = spec
-        if spec and spec["backend"] == "debugpy":
-            import debugpy  # the debugpy backend puts it on the path
+        self.debugpy = None
 
-            try:  # pydevd speaking DAP itself saves starting the adapter process (debugpy >= 1.8.1)
-                _, port = debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True)
-            except TypeError:
-                _, port = debugpy.listen(("127.0.0.1", 0))
-            with open(spec["port_file"] + ".tmp", "w") as out:
-                out.write(str(port))
-            os.replace(spec["port_file"] + ".tmp", spec["port_file"])
-            debugpy.wait_for_client()
-            self.debugpy = debugpy
+    def _attach_debugger(self):
+        """Start debugpy and wait for the client, just before the traced test: the module load and
+        pytest's collection run before that without the debugger's tracing overhead."""
+        import debugpy  # the debugpy backend puts it on the path
+
+        try:  # pydevd speaking DAP itself saves starting the adapter process (debugpy >= 1.8.1)
+            _, port = debugpy.listen(("127.0.0.1", 0), in_process_debug_adapter=True)
+        except TypeError:
+            _, port = debugpy.listen(("127.0.0.1", 0))
+        with open(self.spec["port_file"] + ".tmp", "w") as out:
+            out.write(str(port))
+        os.replace(self.spec["port_file"] + ".tmp", self.spec["port_file"])
+        debugpy.wait_for_client()
+        return debugpy
 
     def wants(self, test_id: str) -> bool:
         return bool(self.spec) and self.spec["test_id"] == test_id
 
     def begin(self) -> None:
         if self.spec["backend"] == "debugpy":
+            self.debugpy = self.debugpy or self._attach_debugger()
             self.debugpy.breakpoint()  # the client injects the recorder here
         else:
             import nextls_recorder

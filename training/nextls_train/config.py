@@ -55,6 +55,9 @@ class FilterConfig:
     workers: int = 2  # sandboxed test runs in parallel
     test_timeout: float = 5.0
     memory_mb: int = 1024
+    # Keep only answers that explain before they fix (small models often answer with the code alone, and
+    # training on those teaches the model to skip the rationale). The paper keeps every passing fix.
+    require_rationale: bool = False
 
 
 @dataclass

@@ -143,7 +143,8 @@ def run_filter(tasks: Sequence[TaskRecord], samples_dir: Path, out_dir: Path, co
     finally:
         files.close()
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    kept = [v for v in all_verdicts if v["status"] == "verified"]
+    kept = [v for v in all_verdicts if v["status"] == "verified"
+            and (v["rationale"].strip() or not config.require_rationale)]
     rows = [{"task": v["task"], "index": v["index"], "rationale": v["rationale"], "code": v["code"],
              "answer": format_answer(v["rationale"], v["code"]).lstrip()} for v in kept]
     write_jsonl(out_dir / KEPT, rows)
@@ -156,7 +157,9 @@ def run_filter(tasks: Sequence[TaskRecord], samples_dir: Path, out_dir: Path, co
     for verdict in all_verdicts:
         statuses[verdict["status"]] = statuses.get(verdict["status"], 0) + 1
     summary.update({
-        "kept": len(kept), "statuses": statuses, "tasks": len(per_task),
+        "kept": len(kept), "verified_without_rationale": sum(
+            1 for v in all_verdicts if v["status"] == "verified" and not v["rationale"].strip()),
+        "statuses": statuses, "tasks": len(per_task),
         "tasks_solved": sum(1 for passed, _ in per_task.values() if passed),
         "pass_at_1": round(sum(p / n for p, n in per_task.values()) / len(per_task), 4) if per_task else 0.0,
         "per_task_pass": {task: round(p / n, 4) for task, (p, n) in per_task.items()},

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from example_fixes import remove_occ_fix
 
 from nextls.chat import render_chat
 from nextls.cli import apply_fix
@@ -25,16 +26,7 @@ from nextls_train.prompts import training_prompt
 
 EXAMPLES = Path(__file__).parent.parent / "server" / "examples"
 
-GOOD_FIX = '''def remove_Occ(s, ch):
-    for i in range(len(s)):
-        if s[i] == ch:
-            s = s[0:i] + s[i + 1:]
-            break
-    for i in range(len(s) - 1, -1, -1):
-        if s[i] == ch:
-            s = s[0:i] + s[i + 1:]
-            break
-    return s'''
+GOOD_FIX = remove_occ_fix()
 
 PARTIAL_FIX = '''def remove_Occ(s, ch):
     return s.replace(ch, "") if len(s) > 3 else s'''

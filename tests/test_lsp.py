@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Union
 
 import pytest
+from example_fixes import remove_occ_fix
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
@@ -33,17 +34,7 @@ EXAMPLES = Path(__file__).parent.parent / "server" / "examples"
 SERVER = [sys.executable, "-m", "nextls", "serve", "--stdio"]
 TIMEOUT = 90  # seconds any single wait may take before the test fails
 
-GOOD_FIX = '''def remove_Occ(s, ch):
-    """Remove the first and the last occurrence of the character `ch` from the string `s`."""
-    for i in range(len(s)):
-        if s[i] == ch:
-            s = s[0:i] + s[i + 1:]
-            break
-    for i in range(len(s) - 1, -1, -1):
-        if s[i] == ch:
-            s = s[0:i] + s[i + 1:]
-            break
-    return s'''
+GOOD_FIX = remove_occ_fix()
 RATIONALE = ("The second loop keeps `s[i]`: the trace shows `s` unchanged at that line. "
              "It must drop the character, like the first loop.")
 

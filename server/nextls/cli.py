@@ -12,6 +12,8 @@ from nextls import __version__
 from nextls.runner import RunConfig
 from nextls.sandbox import Limits
 
+TARGET_HELP = "FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE"
+
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace = commands.add_parser("trace", help="run a function's tests and print the naturalized trace of a failing one",
                                 description="Run the tests of FILE.py::FUNCTION and print the first failing "
                                             "test's execution written into the code (NExT's naturalized trace).")
-    trace.add_argument("target", help="FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE")
+    trace.add_argument("target", help=TARGET_HELP)
     add_run_options(trace)
     trace.add_argument("--backend", choices=("inprocess", "debugpy"), default="inprocess",
                        help="how to capture the trace (default: %(default)s)")
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     fix = commands.add_parser("fix", help="sample fixes from the model and verify each against the tests",
                               description="Trace FILE.py::FUNCTION's failing test, ask the model for k rationale+fix "
                                           "answers, run every test on each fix, and print the best one as a diff.")
-    fix.add_argument("target", help="FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE")
+    fix.add_argument("target", help=TARGET_HELP)
     add_run_options(fix)
     add_model_options(fix)
     fix.add_argument("-k", type=int, default=4, help="answers to sample (default: %(default)s)")
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="print the model's explanation of why the function fails",
                                   description="Trace FILE.py::FUNCTION's failing test and print the model's rationale "
                                               "(what the hover shows).")
-    explain.add_argument("target", help="FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE")
+    explain.add_argument("target", help=TARGET_HELP)
     add_run_options(explain)
     add_model_options(explain)
     # one greedy answer: its rationale is the explanation

@@ -34,10 +34,12 @@ from nextls_train.records import AppendLog, read_log
 from nextls_train.sample import (
     Answer,
     LlamaCppSampler,
+    Row,
     SampleSettings,
     TransformersSampler,
     code_end,
     run_sample,
+    sample_seed,
     shard_file,
 )
 
@@ -103,14 +105,16 @@ class ScriptedSampler:
         self.real = real
         self.kinds = list(scripted_answers(next(iter(self.tasks.values()))))
 
-    def kind(self, seed: int, position: int) -> str:
-        return self.kinds[(seed + position) % len(self.kinds)]
+    def kind(self, task: str, index: int) -> str:
+        return self.kinds[(sample_seed(0, task, 0) + index) % len(self.kinds)]
 
-    def sample(self, prompt: str, n: int, seed: int, settings: SampleSettings) -> list[Answer]:
-        answers = scripted_answers(self.tasks[prompt])
-        out = [Answer(answers[self.kind(seed, i)], 20, "stop", 0.0) for i in range(n)]
-        if self.real is not None:
-            out[0] = self.real.sample(prompt, 1, seed, settings)[0]
+    def sample(self, rows: list[Row], settings: SampleSettings) -> list[Answer]:
+        out = [Answer(scripted_answers(self.tasks[row.prompt])[self.kind(row.task, row.index)], 20, "stop", 0.0)
+               for row in rows]
+        if self.real is not None:  # the real model writes each task's sample 0
+            firsts = [i for i, row in enumerate(rows) if row.index == 0]
+            for i, answer in zip(firsts, self.real.sample([rows[i] for i in firsts], settings), strict=True):
+                out[i] = answer
         return out
 
 
@@ -159,9 +163,9 @@ real = TransformersSampler(run.base, None, device="cpu", threads=1)
 
 class Slow:
     name = "transformers"
-    def sample(self, prompt, n, seed, settings):
+    def sample(self, rows, settings):
         time.sleep(0.3)  # give the test time to kill us mid-run
-        return real.sample(prompt, n, seed, settings)
+        return real.sample(rows, settings)
 
 settings = SampleSettings(samples_per_task=6, temperature=1.0, top_p=0.95, max_new_tokens=8, batch_size=2, seed=0)
 run_sample(run.tasks("train"), sys.argv[5], Slow(), settings, run.prompt, progress=False)
@@ -211,9 +215,10 @@ def test_samples_are_written_as_produced_and_resume_after_kill(run: Run, run_con
 def test_llama_cpp_sampler_is_seeded(run: Run, tiny_gguf: Path) -> None:
     sampler = LlamaCppSampler(tiny_gguf, None, threads=1)
     settings = SampleSettings(samples_per_task=2, temperature=0.8, top_p=0.95, max_new_tokens=12, batch_size=2, seed=0)
-    prompt = run.prompt(run.tasks("train")[0])
-    first = sampler.sample(prompt, 2, 7, settings)
-    again = sampler.sample(prompt, 2, 7, settings)
+    task = run.tasks("train")[0]
+    rows = [Row(run.prompt(task), task.id, index, 7 + index) for index in range(2)]
+    first = sampler.sample(rows, settings)
+    again = sampler.sample(rows[::-1], settings)[::-1]  # each row has its own seed: order does not matter
     assert [a.text for a in first] == [a.text for a in again]
     assert all(0 < a.tokens <= 12 for a in first)
 
@@ -236,10 +241,9 @@ def test_filter_keeps_exactly_the_passing_samples(run: Run, tmp_path: Path) -> N
     summary = run_filter(tasks, tmp_path / "samples", tmp_path, run.config.filter, progress=False)
 
     samples = list(read_log(shard_file(tmp_path / "samples", (0, 1))))
-    from nextls_train.sample import sample_seed
 
     def kind(item: dict) -> str:
-        return sampler.kind(sample_seed(0, item["task"], 0), item["index"])
+        return sampler.kind(item["task"], item["index"])
 
     expected = {(item["task"], item["index"]) for item in samples if kind(item) in PASSING}
     kept = list(read_log(tmp_path / "kept.jsonl"))

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from nextls.splice import dedent_code
+from nextls.splice import dedent_code, parse_python
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
 _LINE_BREAK_RE = re.compile(r"\r\n|\r")
@@ -253,7 +253,7 @@ def _parse_block(block: _Block) -> _ParsedBlock:
 def _parse(code: str) -> ast.Module | str:
     """The module, or the error that keeps it from parsing, as ``<message> (line N)``."""
     try:
-        return ast.parse(code)
+        return parse_python(code)
     except SyntaxError as error:
         return f"{error.msg} (line {error.lineno})" if error.lineno else error.msg
     except (ValueError, MemoryError, RecursionError) as error:  # unencodable text, absurd nesting

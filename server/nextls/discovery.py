@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nextls.runner import TargetModule, TestCase
-from nextls.splice import FunctionSpan
+from nextls.splice import FunctionSpan, parse_python
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", "pytest.ini", "tox.ini", ".git")
 SKIPPED_DIRS = {".git", ".hg", ".venv", "venv", "env", "node_modules", "__pycache__", "site-packages", "build",
@@ -118,7 +118,7 @@ def _pytest_tests_in(file: Path, root: Path, name: str, module_name: str, same_f
                      source: str | None = None) -> list[TestCase]:
     try:
         source = source if source is not None else file.read_text(encoding="utf-8")
-        tree = ast.parse(source, str(file))
+        tree = parse_python(source, str(file))
     except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
         return []  # an unreadable or broken test file is pytest's to report, not ours
     if not same_file and not _imports_module(tree, module_name):
@@ -150,11 +150,11 @@ def discover_tests(file: Path, source: str, span: FunctionSpan, *, root: Path | 
     naming the function, or all of them when none does, as in MBPP's test lists).
     """
     root = root or find_workspace_root(file)
-    tree = ast.parse(source, str(file))
+    tree = parse_python(source, str(file))
     module_name, _ = module_name_for(file)
     if tests_file is not None:
         tests_source = tests_file.read_text(encoding="utf-8")
-        tests_tree = ast.parse(tests_source, str(tests_file))
+        tests_tree = parse_python(tests_source, str(tests_file))
         found = _pytest_tests_in(tests_file, root, span.name, module_name, same_file=True, source=tests_source)
         return found or _assert_tests(tests_source, tests_tree, tests_file, span.name, root, keep_all_when_none=True)
     tests = _doctest(tree, span, file) + _assert_tests(source, tree, file, span.name, root)
@@ -176,7 +176,7 @@ def target_module(file: Path, source: str, tests: list[TestCase], *, root: Path 
                    if test.kind == "assert" and Path(test.file).resolve() == file.resolve()}
     lines = source.splitlines(keepends=True)
     if own_asserts:
-        for node in _module_level_asserts(ast.parse(source, str(file))):
+        for node in _module_level_asserts(parse_python(source, str(file))):
             if ast.get_source_segment(source, node) in own_asserts:
                 first = lines[node.lineno - 1]
                 lines[node.lineno - 1] = first[: len(first) - len(first.lstrip())] + "pass\n"

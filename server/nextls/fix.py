@@ -25,6 +25,7 @@ from nextls.splice import (
     edit_size,
     find_function,
     function_source,
+    parse_python,
     replace_function,
     unified_diff,
 )
@@ -112,7 +113,7 @@ def repair_task(report: TraceReport) -> RepairTask:
     function = report.function_text
     description = ""
     try:
-        node = ast.parse(function).body[0]
+        node = parse_python(function).body[0]
         description = ast.get_docstring(node) or ""
     except (SyntaxError, IndexError):
         pass
@@ -203,7 +204,7 @@ class _Verifier:
             result.reason = f"cannot splice the fix into the file: {error}"
             return result
         new_source = _with_imports(new_source, candidate.imports)
-        key = ast.dump(ast.parse(candidate.code))
+        key = ast.dump(parse_python(candidate.code))
         if key in self.seen:
             result.status, result.reason = "duplicate", f"same code as sample {self.seen[key] + 1}"
             return result
@@ -228,7 +229,7 @@ def _with_imports(source: str, imports: tuple[str, ...]) -> str:
     missing = [line for line in imports if line not in present]
     if not missing:
         return source
-    tree = ast.parse(source)
+    tree = parse_python(source)
     insert_after = 0
     for statement in tree.body:
         is_docstring = isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(

@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import llama_cpp
 import numpy as np
+
+try:
+    import llama_cpp
+except ImportError:  # a training-only machine (transformers on a GPU box) still imports this module's helpers
+    llama_cpp = None
 
 from nextls.chat import read_chat_template, render_chat
 
@@ -155,9 +159,10 @@ class _NativeLogRouter:
 
 
 _native_log = _NativeLogRouter()
-# Module-level reference: ctypes callbacks must outlive their registration.
-_native_log_callback = llama_cpp.llama_log_callback(_native_log)
-llama_cpp.llama_log_set(_native_log_callback, ctypes.c_void_p(0))
+if llama_cpp is not None:
+    # Module-level reference: ctypes callbacks must outlive their registration.
+    _native_log_callback = llama_cpp.llama_log_callback(_native_log)
+    llama_cpp.llama_log_set(_native_log_callback, ctypes.c_void_p(0))
 # Model loads swap the process-wide log routing state, so they run one at a time.
 _load_lock = threading.Lock()
 
@@ -183,6 +188,8 @@ class LlamaRuntime:
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
+        if llama_cpp is None:
+            raise ModelLoadError("llama-cpp-python is not installed: pip install llama-cpp-python", None)
         self.model_path = Path(model_path)
         self.lora_path = Path(lora_path) if lora_path is not None else None
         for path in (self.model_path, self.lora_path):

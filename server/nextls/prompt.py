@@ -41,6 +41,7 @@ class RepairTask:
     failures: tuple[str, ...] = ()  # "test: outcome: message", one per failing test
     description: str = ""  # the task in words, when known apart from the code (MBPP's text, an issue)
     trace: str | None = None  # the naturalized trace: the code with execution comments
+    hint: str = ""  # proxy-based evaluation only: another model's explanation of the bug (the server sends none)
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -58,6 +59,8 @@ def build_messages(task: RepairTask, *, use_trace: bool = True) -> list[dict[str
         parts.append("## Tests\n" + _fenced("\n".join(test.rstrip("\n") for test in task.tests)))
     if task.failures:
         parts.append("## Failing\n" + "\n".join(f"- {failure}" for failure in task.failures))
+    if task.hint.strip():
+        parts.append("## Hint\n" + task.hint.strip())
     evidence = "the trace" if with_trace else "the code"
     parts.append(INSTRUCTIONS.format(evidence=evidence, name=task.function_name))
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]

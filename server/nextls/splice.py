@@ -20,8 +20,20 @@ import ast
 import difflib
 import io
 import re
+import threading
 import tokenize
 from dataclasses import dataclass
+
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_python(source: str, filename: str = "<unknown>") -> ast.Module:
+    """`ast.parse`, one thread at a time: CPython 3.11-3.12 can fail parses running in several threads at once
+    with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905); the filter and the
+    server verify answers in threads."""
+    with _PARSE_LOCK:
+        return ast.parse(source, filename)
+
 
 _LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _LINE_ENDING_RE = re.compile(r"(?:\r\n|\r|\n)\Z")
@@ -144,7 +156,7 @@ def replace_function(source: str, span: FunctionSpan, new_function_source: str) 
     replacement = newline.join(new_lines) + _line_ending(lines[span.end_line - 1])
     result = "".join(lines[: span.start_line - 1]) + replacement + "".join(lines[span.end_line :])
     try:
-        ast.parse(result)
+        parse_python(result)
     except (SyntaxError, ValueError) as error:
         raise SpliceError(
             f"the source with the new {span.qualname} does not parse: {_error_text(error)}"
@@ -203,7 +215,7 @@ def dedent_code(code: str) -> str:
 
 def _parse_source(source: str) -> ast.Module:
     try:
-        return ast.parse(source)
+        return parse_python(source)
     except SyntaxError as error:
         raise SourceSyntaxError(error.msg, error.lineno, error.offset) from error
     except (ValueError, MemoryError, RecursionError) as error:  # unencodable text, absurd nesting
@@ -255,7 +267,7 @@ def _replacement_lines(new_function_source: str, name: str, old_decorators: list
     """The replacement's dedented lines, with the old decorators put back when it has none of its own."""
     code = dedent_code(new_function_source)
     try:
-        tree = ast.parse(code)
+        tree = parse_python(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as error:
         raise SpliceError(f"the new function does not parse: {_error_text(error)}") from error
     if not all(isinstance(statement, _FUNCTION_NODES) for statement in tree.body):

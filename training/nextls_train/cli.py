@@ -6,6 +6,8 @@
     nextls-train run --config RUN.toml [--set SECTION.KEY=VALUE ...] [--no-export]
     nextls-train sample|filter --config RUN.toml --iteration T [--split train|dev] [--shard I/N]
     nextls-train train|eval|export --config RUN.toml --iteration T
+    nextls-train eval --model X.gguf [--lora A.gguf] --dataset mbpp-r-dev|hefix-plus --samples N -k 1,5,10 [...]
+    nextls-train compare --config COMPARE.toml [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -164,10 +166,49 @@ def _training_parsers(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--iteration", type=int, required=True)
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="dev pass@1 of an iteration's model (0: the base)")
-    common(evaluate)
-    evaluate.add_argument("--iteration", type=int, required=True)
+    evaluate = commands.add_parser(
+        "eval", help="fix rate of a model: pass@k, greedy pass@1, proxy (or, with --config, a run's dev pass@1)",
+        description="Evaluate a GGUF model (+ LoRA) on a repair dataset through the server's prompt, runtime and "
+                    "verifier; results are appended under --out as they come (a rerun resumes). With --config "
+                    "and --iteration: the self-training loop's dev pass@1 of that iteration instead.")
+    evaluate.add_argument("--model", help='GGUF model, or "default" (the server\'s embedded model)')
+    evaluate.add_argument("--lora", default="", help="LoRA adapter: a GGUF (llama.cpp) or a peft folder "
+                          "(transformers)")
+    evaluate.add_argument("--dataset", default="mbpp-r-dev", help="mbpp-r-dev, hefix-plus, mbpp-r-train or a "
+                          ".jsonl.gz file (default: %(default)s)")
+    evaluate.add_argument("--samples", type=int, default=0, help="answers per task for pass@k (default: none)")
+    evaluate.add_argument("-k", default="1", help="comma-separated k for pass@k, each <= --samples (default: 1)")
+    evaluate.add_argument("--no-trace", action="store_true", help="the ablation: plain code, no execution trace")
+    evaluate.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1")
+    evaluate.add_argument("--proxy", nargs="?", const="default", metavar="GGUF",
+                          help="proxy pass@1: give each greedy rationale to this model (default: the embedded "
+                               "model) as a hint, no trace, greedy")
+    evaluate.add_argument("--backend", choices=("llama.cpp", "transformers"), default="llama.cpp",
+                          help="llama.cpp: the server's runtime (default); transformers: batched, for a GPU")
+    evaluate.add_argument("--limit", type=int, default=0, help="the first N tasks only (problems taken in turn)")
+    evaluate.add_argument("--temperature", type=float, default=0.8)
+    evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.add_argument("--batch-size", type=int, default=16, help="transformers: rows per batch")
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--workers", type=int, default=2, help="sandboxed verifications in parallel")
+    evaluate.add_argument("--out", type=Path, help="output folder (default: training/runs/out/eval/<model>/<dataset>-"
+                          "<trace|notrace>)")
+    evaluate.add_argument("--config", type=Path, help="a run config: evaluate the loop's iteration --iteration")
+    evaluate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    evaluate.add_argument("--iteration", type=int, help="with --config: 0 is the base")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=_eval)
+
+    compare = commands.add_parser("compare", help="the comparison table: models x trace/no trace x datasets",
+                                  description="Run every cell of a compare config (each resumable), then write "
+                                              "results.md, results.json and pass_at_k.png in its out_dir.")
+    compare.add_argument("--config", required=True, type=Path, help="e.g. training/runs/compare-cpu.toml")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a value, e.g. --set settings.limit=20")
+    compare.add_argument("--report-only", action="store_true",
+                         help="sample nothing: score the cells on disk and write the table and the plot")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(handler=_compare)
 
     export = commands.add_parser("export", help="stage 4: merge, GGUF, quantize, LoRA GGUF, logits check, card")
     common(export)
@@ -214,7 +255,50 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    _print_json(_open_run(args).evaluate(args.iteration))
+    if args.config is not None:
+        if args.iteration is None:
+            print("nextls-train eval: --config needs --iteration", file=sys.stderr)
+            return 2
+        _print_json(_open_run(args).evaluate(args.iteration))
+        return 0
+    from nextls_train import evaluate
+    from nextls_train.records import Logger
+
+    if not args.model:
+        print("nextls-train eval: give --model GGUF (or --config RUN.toml --iteration T)", file=sys.stderr)
+        return 2
+    try:
+        ks = tuple(int(k) for k in args.k.split(","))
+    except ValueError:
+        print(f"nextls-train eval: -k {args.k!r}: want comma-separated integers", file=sys.stderr)
+        return 2
+    if args.samples and max(ks) > args.samples:
+        print(f"nextls-train eval: pass@{max(ks)} needs --samples >= {max(ks)}", file=sys.stderr)
+        return 2
+    settings = evaluate.EvalSettings(
+        samples=args.samples, ks=ks, greedy=not args.no_greedy, proxy=args.proxy is not None,
+        proxy_model=evaluate.ModelSpec(args.proxy or "default"), temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
+        threads=args.threads, workers=args.workers)
+    spec = evaluate.ModelSpec(args.model, args.lora)
+    out = args.out or evaluate.cell_dir(Path("training/runs/out/eval"), spec, args.dataset, not args.no_trace)
+    try:
+        summary = evaluate.evaluate(spec, args.dataset, not args.no_trace, settings, out,
+                                    evaluate.Models(settings, out / "base", Logger()), progress=not args.quiet)
+    except (ValueError, OSError) as error:
+        print(f"nextls-train eval: {error}", file=sys.stderr)
+        return 2
+    print(evaluate.results_table([summary], settings), end="")
+    print(f"per-task results in {out / evaluate.RESULTS}, summary in {out / evaluate.SUMMARY}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from nextls_train import evaluate
+
+    config = evaluate.load_compare(args.config, args.set)
+    evaluate.run_compare(config, report_only=args.report_only, progress=not args.quiet)
+    print((config.root / config.out_dir / "results.md").read_text(), end="")
     return 0
 
 

@@ -45,7 +45,7 @@ class SampleConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 512
-    batch_size: int = 16  # transformers: samples of one task generated together (the prompt is run once)
+    batch_size: int = 16  # transformers: rows (samples of several tasks) generated as one batch
     stop_at_code_end: bool = True  # end a sample when its code block closes (what follows is never used)
     seed: int = 0
 
@@ -138,7 +138,7 @@ class RunConfig:
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in ("name", "out_dir", "root")}
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
@@ -152,14 +152,13 @@ def from_dict(data: dict[str, Any], root: Path = Path(".")) -> RunConfig:
     classes = {"model": ModelConfig, "data": DataConfig, "sample": SampleConfig, "filter": FilterConfig,
                "train": TrainConfig, "eval": EvalConfig, "loop": LoopConfig, "export": ExportConfig}
     for name, cls in classes.items():
-        sections[name] = _build(cls, data.pop(name, {}), f"[{name}]")
-    top = _build(RunConfig, data, "config")
+        sections[name] = build_section(cls, data.pop(name, {}), f"[{name}]")
+    top = build_section(RunConfig, data, "config")
     return dataclasses.replace(top, **sections, root=Path(root).resolve())
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a TOML run config; `overrides` maps "section.key" (or "key") to values that replace the file's."""
-    path = Path(path)
+def read_toml(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A TOML config file; `overrides` maps "section.key" (or "key") to values that replace the file's."""
     with open(path, "rb") as file:
         data = tomllib.load(file)
     for dotted, value in (overrides or {}).items():
@@ -168,7 +167,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         for parent in parents:
             target = target.setdefault(parent, {})
         target[key] = value
-    return from_dict(data, path.parent)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a TOML run config, with command-line overrides (see `read_toml`)."""
+    return from_dict(read_toml(path, overrides), Path(path).parent)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -97,7 +97,8 @@ def write_adapter_gguf(adapter: Path, base: Base, out: Path) -> Path:
         # base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj.weight
         stem, _, kind = key.rpartition(".lora_")
         hf_name = stem.removeprefix("base_model.model.") + ".weight"
-        pairs.setdefault(hf_name, {})[kind.split(".")[0]] = value.astype(np.float32)
+        # f16 halves the file (a rank-8 adapter of SmolLM2-135M is about 5 MB) at no measurable cost.
+        pairs.setdefault(hf_name, {})[kind.split(".")[0]] = value.astype(np.float16)
     names = _hf_to_gguf_names(arch, model_config["num_hidden_layers"], list(pairs))
     base_tensors = {tensor.name for tensor in reader.tensors}
     out = Path(out)

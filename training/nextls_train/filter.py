@@ -27,6 +27,7 @@ from nextls.fix import verify_answer
 from nextls.prompt import format_answer
 from nextls.runner import RunConfig, TestCase
 from nextls.sandbox import Limits
+from nextls.splice import parse_python
 from nextls.trace.render import strip_trace_comments
 from nextls_train.config import FilterConfig
 from nextls_train.data import TaskRecord
@@ -74,7 +75,7 @@ def code_key(code: str | None) -> str | None:
     if code is None:
         return None
     try:
-        return ast.dump(ast.parse(code))
+        return ast.dump(parse_python(code))
     except SyntaxError:
         return code
 

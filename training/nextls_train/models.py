@@ -63,13 +63,16 @@ def base_source(config: RunConfig) -> Path:
 
 
 def prepare_base(config: RunConfig, log: Logger | None = None) -> Base:
-    """The base under `<out>/base/`, converted once from the GGUF (or used in place when it is an HF folder)."""
+    """The run's base under `<out>/base/`, converted once from the GGUF (or used in place when it is an HF folder)."""
+    return convert_base(base_source(config), config.out / BASE_DIR, log)
+
+
+def convert_base(source: Path, out: Path, log: Logger | None = None) -> Base:
+    """`source` (a GGUF, or an HF folder used in place) as an HF folder, converted into `out` once."""
     log = log or Logger()
-    source = base_source(config)
     if source.is_dir():
         tokenizer = _tokenizer(source)
         return Base(source, None, tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
-    out = config.out / BASE_DIR
     info_path = out / BASE_INFO
     stat = source.stat()
     identity = {"gguf": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

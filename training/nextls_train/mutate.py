@@ -33,6 +33,8 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from nextls.splice import parse_python
+
 MISSING_LOGIC = "missing logic"
 EXCESS_LOGIC = "excess logic"
 VALUE_MISUSE = "value misuse"
@@ -599,7 +601,7 @@ def parse(code: str) -> ast.Module:
     """`ast.parse`, quiet about MBPP's invalid escape sequences (a SyntaxWarning since Python 3.12)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
-        return ast.parse(code)
+        return parse_python(code)
 
 
 def normalized_ast(code: str) -> str | None:

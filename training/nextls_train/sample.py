@@ -8,8 +8,8 @@ or sampled twice. `--shard I/N` takes every N-th task from the I-th, so N worker
 the job; the filter reads all shards.
 
 Backends:
-* `transformers`: the samples of a task are generated as one batch; the prompt is run once and its KV cache
-  copied to every row, so a batch costs one prompt plus the answers.
+* `transformers`: `batch_size` rows (the samples of several tasks) are generated as one left-padded batch; a
+  code block closing ends its row. On a GPU a batch of hundreds costs about what one row does.
 * `llama.cpp`: the server's `LlamaRuntime` on the GGUF (+ LoRA adapter GGUF), one answer after another,
   reusing the prompt's KV cache. The base GGUF is quantized (Q4_1 for SmolLM2), so its answers follow a
   slightly different distribution than the float HF model's.
@@ -56,10 +56,20 @@ class Answer:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Row:
+    """One answer to draw: sample `index` of `task`, with its own seed (stable across runs and shards)."""
+
+    prompt: str
+    task: str
+    index: int
+    seed: int
+
+
 class Sampler(Protocol):
     name: str
 
-    def sample(self, prompt: str, n: int, seed: int, settings: SampleSettings) -> list[Answer]: ...
+    def sample(self, rows: Sequence[Row], settings: SampleSettings) -> list[Answer]: ...
 
 
 def train_settings(config: RunConfig) -> SampleSettings:
@@ -96,11 +106,15 @@ def _cut(text: str, settings: SampleSettings) -> tuple[str, bool]:
 
 
 def sample_seed(seed: int, task_id: str, index: int) -> int:
-    """Seed of a task's sample `index` (and of a batch starting there): stable across runs and shards."""
+    """Seed of a task's sample `index`: stable across runs and shards. llama.cpp draws each row with its own
+    seed; transformers seeds a batch with its first row's."""
     return random.Random(f"{seed}:{task_id}:{index}").randrange(2**31)
 
 
 class TransformersSampler:
+    """Rows of several tasks generate as one left-padded batch: on a GPU a batch of hundreds costs about what
+    one row does. torch's RNG is seeded with the batch's first row, so a batch's answers depend on its rows."""
+
     name = "transformers"
 
     def __init__(self, base: Base, adapter: Path | None, *, device: str | None = None, dtype: Any = None,
@@ -112,37 +126,31 @@ class TransformersSampler:
         self.tokenizer = load_tokenizer(base)
         self.model = load_model(base, adapter, dtype=dtype, device=self.device)
         self.eos = self.tokenizer.eos_token_id
-        self.cache_argument = _cache_argument()
+        # A code block has closed only after six backticks and a line end: rows are decoded (to look for the
+        # closing fence) only when they just made a backtick or a line end and have made six backticks so far.
+        pieces = self.tokenizer.batch_decode([[token] for token in range(len(self.tokenizer))])
+        self.backticks = torch.tensor([piece.count("`") for piece in pieces], device=self.device)
+        self.fence_ends = torch.tensor(["`" in piece or "\n" in piece for piece in pieces], device=self.device)
 
-    def sample(self, prompt: str, n: int, seed: int, settings: SampleSettings) -> list[Answer]:
+    def sample(self, rows: Sequence[Row], settings: SampleSettings) -> list[Answer]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         started = time.perf_counter()
-        ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], device=self.device)
-        tokenizer, prompt_length = self.tokenizer, ids.shape[1]
-
-        class CodeEnd(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
-                return torch.tensor([code_end(text) is not None for text in texts], device=input_ids.device)
-
-        torch.manual_seed(seed)
+        prompts = [prompt_ids(self.tokenizer, row.prompt) for row in rows]
+        width = max(len(ids) for ids in prompts)
+        ids = torch.tensor([[self.eos] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        torch.manual_seed(rows[0].seed)
+        sampling = settings.temperature > 0
         with torch.no_grad():
-            # Run the prompt (but its last token) once, then give every row a copy of its KV cache.
-            prefix = self.model(ids[:, :-1], use_cache=True)
-            cache = prefix.past_key_values
-            cache.batch_repeat_interleave(n)
-            sampling = settings.temperature > 0
             output = self.model.generate(
-                ids.repeat(n, 1), attention_mask=torch.ones(n, prompt_length, dtype=torch.long, device=self.device),
-                **{self.cache_argument: cache}, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
                 temperature=settings.temperature if sampling else None, top_p=settings.top_p if sampling else None,
                 top_k=None, eos_token_id=self.eos, pad_token_id=self.eos,
-                stopping_criteria=StoppingCriteriaList([CodeEnd()]) if settings.stop_at_code_end else None)
-        seconds = (time.perf_counter() - started) / n
+                stopping_criteria=[_CodeEnd(self, width, len(rows))] if settings.stop_at_code_end else None)
+        seconds = (time.perf_counter() - started) / len(rows)
         answers = []
-        for generated in output[:, prompt_length:].tolist():
+        for generated in output[:, width:].tolist():
             finish = "length"
             row = generated
             if self.eos in generated:
@@ -153,14 +161,26 @@ class TransformersSampler:
         return answers
 
 
-def _cache_argument() -> str:
-    """generate()'s name for a prefilled KV cache: `cache` in newer transformers, `past_key_values` before."""
-    try:
-        from transformers.generation import utils
-    except ImportError:
-        return "past_key_values"
-    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+class _CodeEnd:
+    """generate()'s stopping criterion: a row is done once its answer's first code block has closed."""
 
+    def __init__(self, sampler: TransformersSampler, prompt_width: int, rows: int) -> None:
+        import torch
+
+        self.sampler = sampler
+        self.width = prompt_width
+        self.done = torch.zeros(rows, dtype=torch.bool, device=sampler.device)
+        self.backticks = torch.zeros(rows, dtype=torch.long, device=sampler.device)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        last = input_ids[:, -1]
+        self.backticks += self.sampler.backticks[last]
+        candidates = self.sampler.fence_ends[last] & (self.backticks >= 6) & ~self.done
+        for row in candidates.nonzero().flatten().tolist():
+            text = self.sampler.tokenizer.decode(input_ids[row, self.width:], skip_special_tokens=True)
+            if code_end(text) is not None:
+                self.done[row] = True
+        return self.done.clone()
 
 
 class LlamaCppSampler:
@@ -171,11 +191,11 @@ class LlamaCppSampler:
 
         self.runtime = LlamaRuntime(gguf, lora_path=adapter_gguf, n_ctx=n_ctx, n_threads=threads)
 
-    def sample(self, prompt: str, n: int, seed: int, settings: SampleSettings) -> list[Answer]:
+    def sample(self, rows: Sequence[Row], settings: SampleSettings) -> list[Answer]:
         import threading
 
         answers = []
-        for index in range(n):
+        for row in rows:  # rows of one task come together: the runtime reuses their prompt's KV cache
             cancel = threading.Event()
             pieces: list[str] = []
 
@@ -184,9 +204,9 @@ class LlamaCppSampler:
                 if settings.stop_at_code_end and "`" in piece and code_end("".join(pieces)) is not None:
                     cancel.set()
 
-            generation = self.runtime.generate(prompt, max_tokens=settings.max_new_tokens,
+            generation = self.runtime.generate(row.prompt, max_tokens=settings.max_new_tokens,
                                                temperature=settings.temperature, top_p=settings.top_p,
-                                               seed=seed + index, cancel=cancel, on_token=on_token)
+                                               seed=row.seed, cancel=cancel, on_token=on_token)
             text, closed = _cut(generation.text, settings)
             finish = "code-end" if closed else "stop" if generation.finish_reason == "stop" else "length"
             answers.append(Answer(text, generation.completion_tokens, finish, generation.seconds))
@@ -267,21 +287,20 @@ def run_sample(tasks: Sequence[TaskRecord], samples_dir: Path, sampler: Sampler 
                 sampler = sampler()
             bar = _bar(total, f"sample {shard[0]}/{shard[1]}", progress)
             started = time.perf_counter()
-            for task, missing in todo:
-                text = prompt(task)
-                for start in range(0, len(missing), settings.batch_size):
-                    chunk = missing[start: start + settings.batch_size]
-                    answers = sampler.sample(text, len(chunk), sample_seed(settings.seed, task.id, chunk[0]), settings)
-                    for index, answer in zip(chunk, answers, strict=True):
-                        item = {"task": task.id, "index": index, "text": answer.text, "tokens": answer.tokens,
-                                "finish": answer.finish, "seconds": round(answer.seconds, 3),
-                                "backend": sampler.name}
-                        out.append(item)
-                        summary["new"] += 1
-                        summary["tokens"] += answer.tokens
-                        if on_sample is not None:
-                            on_sample(item)
-                    bar.update(len(chunk))
+            rows = [Row(text, task.id, index, sample_seed(settings.seed, task.id, index))
+                    for task, missing in todo for text in [prompt(task)] for index in missing]
+            for start in range(0, len(rows), settings.batch_size):
+                chunk = rows[start: start + settings.batch_size]
+                answers = sampler.sample(chunk, settings)
+                for row, answer in zip(chunk, answers, strict=True):
+                    item = {"task": row.task, "index": row.index, "text": answer.text, "tokens": answer.tokens,
+                            "finish": answer.finish, "seconds": round(answer.seconds, 3), "backend": sampler.name}
+                    out.append(item)
+                    summary["new"] += 1
+                    summary["tokens"] += answer.tokens
+                    if on_sample is not None:
+                        on_sample(item)
+                bar.update(len(chunk))
             bar.close()
             summary["seconds"] = round(time.perf_counter() - started, 2)
         summary["samples"] = len(out)

@@ -185,6 +185,7 @@ class _CodeEnd:
 
 class LlamaCppSampler:
     name = "llama.cpp"
+    rows_per_call = 1  # it draws one answer at a time anyway: each is written to disk as soon as it exists
 
     def __init__(self, gguf: Path, adapter_gguf: Path | None, *, threads: int = 2, n_ctx: int = 4096) -> None:
         from nextls.model import LlamaRuntime
@@ -289,8 +290,9 @@ def run_sample(tasks: Sequence[TaskRecord], samples_dir: Path, sampler: Sampler 
             started = time.perf_counter()
             rows = [Row(text, task.id, index, sample_seed(settings.seed, task.id, index))
                     for task, missing in todo for text in [prompt(task)] for index in missing]
-            for start in range(0, len(rows), settings.batch_size):
-                chunk = rows[start: start + settings.batch_size]
+            step = min(settings.batch_size, getattr(sampler, "rows_per_call", settings.batch_size))
+            for start in range(0, len(rows), step):
+                chunk = rows[start: start + step]
                 answers = sampler.sample(chunk, settings)
                 for row, answer in zip(chunk, answers, strict=True):
                     item = {"task": row.task, "index": row.index, "text": answer.text, "tokens": answer.tokens,

@@ -229,6 +229,33 @@ def test_code_end() -> None:
     assert code_end("Because.\n```python\ndef f():\n") is None
 
 
+def test_generation_stops_each_row_when_its_code_block_closes(run: Run) -> None:
+    """The transformers sampler's stopping rule, token by token: a row is done at the line end after its
+    closing fence, not at inline backticks before it; rows of one batch stop independently."""
+    import torch
+
+    from nextls_train.sample import _CodeEnd
+
+    sampler = TransformersSampler(run.base, None, device="cpu", threads=1)
+    texts = ["Use `n` and `m`, not ``k``.\n```python\ndef f(n):\n    return n + 1\n```\nMore text after.",
+             "No code here, only `inline` ticks ``` and words\nover lines\n"]
+    rows = [sampler.tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    length = max(map(len, rows))
+    rows = [row + [sampler.eos] * (length - len(row)) for row in rows]
+    prompt = [[7, 8, 9]] * 2  # the criterion must look past the prompt
+    criterion = _CodeEnd(sampler, prompt_width=3, rows=2)
+    stopped_at = [None, None]
+    for step in range(1, length + 1):
+        done = criterion(torch.tensor([p + r[:step] for p, r in zip(prompt, rows, strict=True)]), None)
+        for i in range(2):
+            if done[i] and stopped_at[i] is None:
+                stopped_at[i] = step
+    decoded = sampler.tokenizer.decode(rows[0][: stopped_at[0]])
+    assert decoded.endswith("```\n") and code_end(decoded) == len(decoded)
+    assert code_end(sampler.tokenizer.decode(rows[0][: stopped_at[0] - 1])) is None
+    assert stopped_at[1] is None
+
+
 # -- filter ------------------------------------------------------------------------------------------------------
 
 

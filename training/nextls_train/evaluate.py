@@ -232,7 +232,8 @@ def summarize(out: Path, tasks: Sequence[TaskRecord], settings: EvalSettings) ->
 
     scored = [row for row in rows if "c" in row]
     summary: dict[str, Any] = {"tasks": len(tasks), "tasks_sampled": len(scored), "samples": settings.samples,
-                               "pass_at_k": {}}
+                               "verified_answers": sum(row["c"] for row in scored),
+                               "answers": sum(row["n"] for row in scored), "pass_at_k": {}}
     for k in settings.ks:
         if settings.samples >= k:
             summary["pass_at_k"][str(k)] = mean([pass_at_k(row["n"], row["c"], k) for row in scored])
@@ -341,7 +342,8 @@ def results_table(summaries: Sequence[dict[str, Any]], settings: EvalSettings) -
     """A markdown table: one row per (model, trace), per dataset greedy pass@1, pass@k and proxy pass@1 (%)."""
     datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
     ks = [k for k in settings.ks if settings.samples >= k]
-    columns = ["greedy pass@1"] + [f"pass@{k} (n={settings.samples})" for k in ks]
+    columns = ["greedy pass@1"] if settings.greedy else []
+    columns += [f"pass@{k} (n={settings.samples})" for k in ks] + (["verified answers"] if ks else [])
     columns += ["proxy pass@1"] if settings.proxy else []
     header = ["model", "trace"] + [f"{d}: {c}" for d in datasets for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -352,8 +354,9 @@ def results_table(summaries: Sequence[dict[str, Any]], settings: EvalSettings) -
         values = []
         for dataset in datasets:
             s = cells.get(dataset, {})
-            values.append(_percent(s.get("greedy_pass_at_1")))
+            values += [_percent(s.get("greedy_pass_at_1"))] if settings.greedy else []
             values += [_percent(s.get("pass_at_k", {}).get(str(k))) for k in ks]
+            values += [f"{s.get('verified_answers', 0)}/{s.get('answers', 0)}"] if ks else []
             values += [_percent(s.get("proxy_pass_at_1"))] if settings.proxy else []
         lines.append("| " + " | ".join([label, "yes" if use_trace else "no", *values]) + " |")
     counts = "; ".join(f"{d}: {max(max(s['tasks_greedy'], s['tasks_sampled']) for s in summaries if s['dataset'] == d)}"

@@ -190,3 +190,19 @@ def test_eval_command_line(tiny_gguf: Path, tmp_path: Path) -> None:
     assert bad_data.returncode == 2 and "no dataset 'mbpp-r-test'" in bad_data.stderr
     no_model = cli("--dataset", DATASET)
     assert no_model.returncode == 2 and "--model" in no_model.stderr
+    missing = cli("--model", str(tmp_path / "nope.gguf"), "--out", str(tmp_path / "y"))
+    assert missing.returncode == 2 and "nope.gguf (given explicitly) does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr + bad_data.stderr
+
+
+def test_compare_command_line_reports_bad_configs(tmp_path: Path) -> None:
+    def compare(config: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nextls_train.cli", "compare", "--config", str(config)],
+                              check=False, capture_output=True, text=True, timeout=120)
+
+    missing = compare(tmp_path / "missing.toml")
+    assert missing.returncode == 2 and "missing.toml" in missing.stderr and "Traceback" not in missing.stderr
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[settings]\nlimt = 3\n")
+    wrong = compare(typo)
+    assert wrong.returncode == 2 and "unknown keys ['limt']" in wrong.stderr and "Traceback" not in wrong.stderr

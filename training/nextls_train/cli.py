@@ -282,12 +282,8 @@ def _eval(args: argparse.Namespace) -> int:
         threads=args.threads, workers=args.workers)
     spec = evaluate.ModelSpec(args.model, args.lora)
     out = args.out or evaluate.cell_dir(Path("training/runs/out/eval"), spec, args.dataset, not args.no_trace)
-    try:
-        summary = evaluate.evaluate(spec, args.dataset, not args.no_trace, settings, out,
-                                    evaluate.Models(settings, out / "base", Logger()), progress=not args.quiet)
-    except (ValueError, OSError) as error:
-        print(f"nextls-train eval: {error}", file=sys.stderr)
-        return 2
+    summary = evaluate.evaluate(spec, args.dataset, not args.no_trace, settings, out,
+                                evaluate.Models(settings, out / "base", Logger()), progress=not args.quiet)
     print(evaluate.results_table([summary], settings), end="")
     print(f"per-task results in {out / evaluate.RESULTS}, summary in {out / evaluate.SUMMARY}")
     return 0
@@ -313,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     _data_parser(commands)
     _training_parsers(commands)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    from nextls.model import ModelError
+
+    try:
+        return args.handler(args)
+    except (OSError, ValueError, ModelError) as error:  # bad input: a missing file, an unknown config key...
+        print(f"nextls-train {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -441,9 +441,7 @@ async def test_cancelling_a_resolve_stops_generation(tmp_path: Path, tiny_gguf: 
 
 @pytest.mark.asyncio
 async def test_cancelling_a_command_kills_the_test_processes(tmp_path: Path) -> None:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "pytest.ini").write_text("[pytest]\n")
+    root = workspace(tmp_path)
     file = root / "slow.py"
     file.write_text("import time\n\n\ndef slow(x):\n    time.sleep(60)\n    return x\n\n\nassert slow(1) == 2\n")
     async with session(root, {"diagnostics": "onDemand", "testTimeout": 120}) as s:
@@ -464,9 +462,7 @@ async def test_cancelling_a_command_kills_the_test_processes(tmp_path: Path) -> 
 
 @pytest.mark.asyncio
 async def test_a_hanging_test_is_a_timeout_diagnostic_and_the_server_keeps_answering(tmp_path: Path) -> None:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "pytest.ini").write_text("[pytest]\n")
+    root = workspace(tmp_path)
     file = root / "hang.py"
     file.write_text(
         "import os\nimport time\n\n\ndef spin(n):\n    while n > 0:\n        pass\n    return n\n\n\n"

@@ -120,8 +120,7 @@ class RunConfig:
         return self.resolve(self.out_dir)
 
     def resolve(self, path: str | Path) -> Path:
-        path = Path(path).expanduser()
-        return path if path.is_absolute() else (self.root / path).resolve()
+        return resolve_path(self.root, path)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -133,6 +132,12 @@ class RunConfig:
         data = self.to_dict()
         chosen = {name: data[name] for name in sections}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolve_path(root: Path, path: str | Path) -> Path:
+    """A path from a config file: relative to the file's folder (`root`), `~` expanded."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (root / path).resolve()
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in ("name", "out_dir", "root")}

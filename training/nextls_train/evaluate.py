@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nextls_train.config import FilterConfig, build_section, parse_override, read_toml
+from nextls_train.config import FilterConfig, build_section, parse_override, read_toml, resolve_path
 from nextls_train.data import DEFAULT_OUT_DIR, HEFIX_FILE, MBPPR_FILES, TaskRecord
 from nextls_train.filter import VERDICTS, run_filter
 from nextls_train.prompts import training_prompt
@@ -114,10 +114,11 @@ class Models:
         self._samplers: dict[tuple[str, str], Sampler] = {}
 
     def sampler(self, spec: ModelSpec) -> Sampler:
-        key = (str(model_file(spec)), spec.lora)
+        gguf = model_file(spec)
+        key = (str(gguf), spec.lora)
         if key not in self._samplers:
             started = time.perf_counter()
-            self._samplers[key] = self.loader(model_file(spec), spec.lora)
+            self._samplers[key] = self.loader(gguf, spec.lora)
             self.log(f"eval: loaded {spec.label()} ({self.settings.backend}) in {time.perf_counter() - started:.1f}s")
         return self._samplers[key]
 
@@ -207,23 +208,26 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
 
 def summarize(out: Path, tasks: Sequence[TaskRecord], settings: EvalSettings) -> dict[str, Any]:
     """Scores from the verdicts on disk (a run cut short is scored over the tasks it finished)."""
-    def verdicts(name: str) -> dict[str, list[bool]]:
-        by_task: dict[str, list[bool]] = {}
+    def verdicts(name: str) -> dict[str, list[dict[str, Any]]]:
+        by_task: dict[str, list[dict[str, Any]]] = {}
         for item in read_log(out / name / VERDICTS):
-            by_task.setdefault(item["task"], []).append(item["status"] == "verified")
+            by_task.setdefault(item["task"], []).append(item)
         return by_task
 
+    def verified(item: dict[str, Any]) -> bool:
+        return item["status"] == "verified"
+
     sampled, greedy, proxy = verdicts("sampled"), verdicts("greedy"), verdicts("proxy")
-    hints = {v["task"]: bool((v.get("rationale") or "").strip()) for v in read_log(out / "greedy" / VERDICTS)}
     rows = []
     for task in tasks:
         row: dict[str, Any] = {"task": task.id, "problem": task.problem_id}
         if settings.samples and len(sampled.get(task.id, ())) >= settings.samples:
-            row.update(n=settings.samples, c=sum(sampled[task.id][: settings.samples]))
+            row.update(n=settings.samples, c=sum(map(verified, sampled[task.id][: settings.samples])))
         if task.id in greedy:
-            row.update(greedy=greedy[task.id][0], rationale=hints.get(task.id, False))
+            first = greedy[task.id][0]
+            row.update(greedy=verified(first), rationale=bool((first.get("rationale") or "").strip()))
         if task.id in proxy:
-            row["proxy"] = proxy[task.id][0]
+            row["proxy"] = verified(proxy[task.id][0])
         rows.append(row)
     write_jsonl(out / RESULTS, rows)
 
@@ -259,10 +263,7 @@ class CompareConfig:
     root: Path = Path(".")
 
     def resolve(self, path: str) -> str:
-        if not path or path == "default":
-            return path
-        resolved = Path(path).expanduser()
-        return str(resolved if resolved.is_absolute() else (self.root / resolved).resolve())
+        return path if path in ("", "default") else str(resolve_path(self.root, path))
 
 
 def load_compare(path: Path, overrides: Sequence[str] = ()) -> CompareConfig:

@@ -1,22 +1,29 @@
 """Run a function's tests in the sandbox, optionally tracing one of them, and report per test.
 
-The child runs `child/nextls_harness.py`; a test that kills its process (timeout, crash, `os._exit`) is
-blamed from the harness's start markers and the remaining tests run again in a fresh process.
+A run is a fork of a warm test worker (`nextls.worker`) running `child/nextls_harness.py`; a trace under
+debugpy runs the harness in a fresh interpreter instead, under the debugger. A test that kills its process
+(timeout, crash, `os._exit`) is blamed from the harness's start markers and the remaining tests run again
+in a fresh process. Results count only with the MAC of the run's secret (see the harness).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
-from nextls.sandbox import Limits, Outcome, ProcessResult, run_process, sandbox_dir
+from nextls.child.nextls_harness import record_mac
+from nextls.messages import readable
+from nextls.sandbox import Limits, Outcome, ProcessResult, sandbox_dir
 from nextls.trace.model import Trace
+from nextls.worker import POOL
 
 CHILD_DIR = Path(__file__).resolve().parent / "child"
 HARNESS = CHILD_DIR / "nextls_harness.py"
@@ -58,6 +65,7 @@ class TestResult:
     outcome: TestOutcome
     message: str = ""
     duration: float = 0.0
+    lines: tuple[int, ...] = ()  # with `coverage`: the target's lines this test executed
 
     @property
     def passed(self) -> bool:
@@ -111,20 +119,25 @@ class RunReport:
 
 
 def run_tests(target: TargetModule, tests: Sequence[TestCase], config: RunConfig = RunConfig(), *,
-              trace: TraceRequest | None = None, cancel: threading.Event | None = None) -> RunReport:
-    """Run `tests` against `target` in sandboxed child processes."""
+              trace: TraceRequest | None = None, cancel: threading.Event | None = None,
+              coverage: str | None = None) -> RunReport:
+    """Run `tests` against `target` in sandboxed child processes. With `coverage` (the target function's
+    qualified name), each result lists the lines of that function the test executed."""
     report = RunReport(results=[], processes=[])
     remaining = list(tests)
     while remaining:
         with sandbox_dir() as work_dir:
-            spec = _spec(target, remaining, config, Path(work_dir), trace)
-            process, trace_data = _run_child(spec, config, Path(work_dir), trace, cancel)
+            secret = secrets.token_hex(16)
+            spec = _spec(target, remaining, config, Path(work_dir), trace, coverage)
+            process, trace_data = _run_child(dict(spec, secret=secret), config, Path(work_dir), trace, cancel)
             report.processes.append(process)
             if process.outcome is Outcome.CANCELLED:
                 raise RunCancelled("the test run was cancelled")
-            finished, started = _read_results(Path(spec["results_path"]))
+            finished, started = _read_results(Path(spec["results_path"]), bytes.fromhex(secret))
             if trace_data is not None and report.trace is None:
                 report.trace = Trace.from_json(trace_data, backend=trace.backend, test_id=trace.test_id)
+                if coverage:
+                    finished = _with_traced_lines(finished, trace.test_id, report.trace)
         report.results.extend(finished.values())
         unfinished = [test for test in remaining if not any(_covers(test.id, done) for done in finished)]
         if not unfinished:
@@ -139,6 +152,13 @@ def run_tests(target: TargetModule, tests: Sequence[TestCase], config: RunConfig
         remaining = [test for test in unfinished if not any(_covers(test.id, dead) for dead in culprit)]
         trace = None if trace is not None and any(_covers(trace.test_id, dead) for dead in culprit) else trace
     return report
+
+
+def _with_traced_lines(finished: dict[str, TestResult], test_id: str, trace: Trace) -> dict[str, TestResult]:
+    """The traced test ran under the recorder instead of the line coverage: its lines are in the trace."""
+    lines = tuple(sorted({event.line for event in trace.events if event.kind == "line"}))
+    return {reported: replace(result, lines=lines) if _covers(test_id, reported) else result
+            for reported, result in finished.items()}
 
 
 def _covers(test_id: str, reported_id: str) -> bool:
@@ -160,7 +180,7 @@ def _process_failure(process: ProcessResult, where: str) -> str:
     else:
         what = f"the test process exited with code {process.returncode}"
     tail = process.stderr.strip().splitlines()[-3:]
-    return f"{what} {where}" + (": " + " | ".join(tail) if tail else "")
+    return readable(f"{what} {where}" + (": " + " | ".join(tail) if tail else ""))
 
 
 def _signal_name(number: int) -> str:
@@ -173,7 +193,7 @@ def _signal_name(number: int) -> str:
 
 
 def _spec(target: TargetModule, tests: Sequence[TestCase], config: RunConfig, work_dir: Path,
-          trace: TraceRequest | None) -> dict:
+          trace: TraceRequest | None, coverage: str | None) -> dict:
     spec = {
         "filename": target.filename,
         "source": target.source,
@@ -186,6 +206,7 @@ def _spec(target: TargetModule, tests: Sequence[TestCase], config: RunConfig, wo
         "results_path": str(work_dir / "results.jsonl"),
         "tests": [{"id": t.id, "kind": t.kind, "source": t.source, "file": t.file, "line": t.line} for t in tests],
         "trace": None,
+        "coverage": {"filename": target.filename, "qualname": coverage} if coverage else None,
     }
     if trace is not None:
         spec["trace"] = {"backend": trace.backend, "test_id": trace.test_id, "qualname": trace.qualname,
@@ -196,22 +217,30 @@ def _spec(target: TargetModule, tests: Sequence[TestCase], config: RunConfig, wo
 
 def _run_child(spec: dict, config: RunConfig, work_dir: Path, trace: TraceRequest | None,
                cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
-    spec_path = work_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    argv = [config.python, str(HARNESS), str(spec_path)]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
+    env = _run_env(work_dir)
     if trace is not None and trace.backend == "debugpy":
         from nextls.trace import debugpy_backend
 
+        spec_path = work_dir / "spec.json"  # the harness deletes it (it holds the secret) before user code runs
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        argv = [config.python, str(HARNESS), str(spec_path)]
         return debugpy_backend.run_traced(argv, env, work_dir, spec["trace"], config.limits, cancel)
-    process = run_process(argv, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
+    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR)) as worker:
+        worker.give(work_dir)
+        process = worker.run(spec, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
     trace_path = Path(spec["trace"]["out"]) if trace is not None else None
     trace_data = json.loads(trace_path.read_text("utf-8")) if trace_path and trace_path.exists() else None
     return process, trace_data
 
 
-def _read_results(path: Path) -> tuple[dict[str, TestResult], set[str]]:
-    """Finished results by id, and the ids that started."""
+def _run_env(work_dir: Path) -> dict[str, str]:
+    """The environment of a test run (and of the worker that forks it)."""
+    return dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
+
+
+def _read_results(path: Path, secret: bytes) -> tuple[dict[str, TestResult], set[str]]:
+    """Finished results by id, and the ids that started: only the records signed with the run's secret
+    (code under test can write to the file, not sign)."""
     finished: dict[str, TestResult] = {}
     started: set[str] = set()
     if not path.exists():
@@ -219,11 +248,16 @@ def _read_results(path: Path) -> tuple[dict[str, TestResult], set[str]]:
     for line in path.read_text("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # the last line of a killed child can be cut short
+            signed = isinstance(record, dict) and hmac.compare_digest(str(record.get("mac", "")),
+                                                                      record_mac(secret, record))
+        except (json.JSONDecodeError, TypeError, ValueError):  # the last line of a killed child can be cut short
+            continue
+        if not signed:
             continue
         if record.get("event") == "start":
             started.add(record["id"])
         else:
-            finished[record["id"]] = TestResult(record["id"], TestOutcome(record["outcome"]), record["message"],
-                                                record.get("duration", 0.0))
+            finished[record["id"]] = TestResult(record["id"], TestOutcome(record["outcome"]),
+                                                readable(record["message"]), record.get("duration", 0.0),
+                                                tuple(record.get("lines", ())))
     return finished, started

@@ -738,3 +738,50 @@ def _pids_owned_by(uid: int) -> list[int]:
                 if entry.stat().st_uid == uid:
                     pids.append(int(entry.name))
     return pids
+
+
+# --- long-lived processes -----------------------------------------------------------------------------
+
+
+class SandboxedProcess:
+    """A long-lived process under the same containment as a run (the warm test worker): its own session,
+    the rlimits of ``limits`` (the CPU limit left to whoever it forks per run), the sandbox uid as root, a
+    fresh working folder of its own. Talk to it through ``stdin`` / ``stdout``; its stderr goes to
+    ``stderr_path`` in that folder. ``close()`` kills its group and whatever its uid still runs, and removes
+    the folder."""
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], limits: Limits) -> None:
+        self._stack = contextlib.ExitStack()
+        try:
+            self.uid = self._stack.enter_context(_UID_POOL.claim()) if _should_drop_privileges(limits) else None
+            self.workdir = self._stack.enter_context(sandbox_dir())
+            if self.uid is not None:
+                _chown_tree(self.workdir, self.uid)
+            self.stderr_path = os.path.join(self.workdir, "worker.stderr")
+            rlimits = [(which, values) for which, values in _rlimits(limits, dropping=self.uid is not None)
+                       if which != resource.RLIMIT_CPU]
+            with open(self.stderr_path, "wb") as stderr:
+                self.proc = subprocess.Popen(
+                    [os.fspath(arg) for arg in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=stderr, cwd=self.workdir, env=dict(env), start_new_session=True,
+                    preexec_fn=_child_setup(rlimits, self.uid))  # noqa: PLW1509 (see _run)
+        except BaseException:
+            self._stack.close()
+            raise
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.stdout = self.proc.stdout
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        if self.proc.returncode is None:
+            _kill_and_reap(self.proc, self.uid)
+        elif self.uid is not None:
+            _kill_user_processes(self.uid)
+        self.stdout.close()
+        self._stack.close()

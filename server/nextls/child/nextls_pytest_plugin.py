@@ -12,6 +12,8 @@ from nextls_harness import (
     OUTCOME_OUTPUT_TRUNCATED,
     OUTCOME_PASSED,
     OUTCOME_TIMEOUT,
+    printed_too_much,
+    timed_out,
 )
 
 OUTCOME_SKIPPED = "skipped"
@@ -40,7 +42,8 @@ class ReportPlugin:
             control.begin()
         signal.setitimer(signal.ITIMER_REAL, self.harness.test_timeout)
         try:
-            return (yield)
+            with self.harness.covering(item.nodeid, trace_this):
+                return (yield)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             if trace_this:
@@ -49,9 +52,12 @@ class ReportPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
         report = yield
-        if call.excinfo is not None and call.excinfo.typename in ("TestTimeout", "OutputLimitExceeded"):
-            report.nextls_outcome = (OUTCOME_TIMEOUT if call.excinfo.typename == "TestTimeout"
-                                     else OUTCOME_OUTPUT_TRUNCATED)
+        if call.excinfo is not None and call.excinfo.typename == "TestTimeout":
+            report.nextls_outcome = OUTCOME_TIMEOUT
+            report.nextls_message = timed_out(self.harness.test_timeout)
+        elif call.excinfo is not None and call.excinfo.typename == "OutputLimitExceeded":
+            report.nextls_outcome = OUTCOME_OUTPUT_TRUNCATED
+            report.nextls_message = printed_too_much(self.harness.output_limit)
         return report
 
     def pytest_runtest_logstart(self, nodeid, location) -> None:
@@ -72,7 +78,8 @@ class ReportPlugin:
                     outcome = OUTCOME_FAILED if report.when == "call" else OUTCOME_ERROR
             self.reported.add(report.nodeid)
             duration = time.perf_counter() - self._started.get(report.nodeid, time.perf_counter())
-            self.harness.report(report.nodeid, outcome, _message(report), duration)
+            message = getattr(report, "nextls_message", None) or _message(report)
+            self.harness.report(report.nodeid, outcome, message, duration)
 
     def pytest_collectreport(self, report) -> None:
         if report.failed:

@@ -131,6 +131,65 @@ def describe_exception(error: BaseException, safe: SafeRepr) -> str:
     return safe.repr(error)
 
 
+class TargetMatcher:
+    """Tells whether a code object is the target function's (or code nested in it), caching per code."""
+
+    def __init__(self, filename: str, qualname: str) -> None:
+        self.filename = os.path.realpath(filename)
+        self.qualname = qualname
+        self._codes: dict[object, bool] = {}
+
+    def __call__(self, code: object) -> bool:
+        known = self._codes.get(code)
+        if known is None:
+            qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname: 3.11+
+            known = (qualname == self.qualname or qualname.startswith(self.qualname + ".<locals>.")) and (
+                os.path.realpath(code.co_filename) == self.filename)
+            if not hasattr(code, "co_qualname"):  # 3.10: match by name and file only
+                known = code.co_name == self.qualname.rsplit(".", 1)[-1] and (
+                    os.path.realpath(code.co_filename) == self.filename)
+            self._codes[code] = known
+        return known
+
+
+class LineCoverage:
+    """The lines one test executed inside the target function: the spectrum fault localization ranks.
+
+    Hooks in like the recorder (a profile function picks the target's frames, only those are line-traced)
+    but keeps no values, so it costs little more than the untraced run.
+    """
+
+    def __init__(self, filename: str, qualname: str) -> None:
+        self._is_target = TargetMatcher(filename, qualname)
+        self.lines: set[int] = set()
+        self._previous_profile = None
+        self._installed_global_trace = False
+
+    def __enter__(self) -> LineCoverage:
+        self._previous_profile = sys.getprofile()
+        if sys.gettrace() is None:
+            sys.settrace(_no_global_trace)
+            self._installed_global_trace = True
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.setprofile(self._previous_profile)
+        if self._installed_global_trace:
+            sys.settrace(None)
+            self._installed_global_trace = False
+
+    def _profile(self, frame, event: str, arg: object) -> None:
+        if event == "call" and self._is_target(frame.f_code):
+            frame.f_trace_lines = True
+            frame.f_trace = self._line
+
+    def _line(self, frame, event: str, arg: object):
+        if event == "line":
+            self.lines.add(frame.f_lineno)
+        return self._line
+
+
 class Recorder:
     """Records the frames of one function, identified by its file and qualified name."""
 
@@ -147,22 +206,9 @@ class Recorder:
         self._frames_seen = 0
         self._pending: dict[int, tuple[dict, dict[str, str]]] = {}  # frame number -> (open line event, reprs)
         self._exception: dict[int, str] = {}  # frame number -> exception seen on its last line
-        self._codes: dict[object, bool] = {}
+        self._is_target = TargetMatcher(filename, qualname)
         self._previous_profile = None
         self._installed_global_trace = False
-
-    # -- matching ---------------------------------------------------------------------------
-    def _is_target(self, code: object) -> bool:
-        known = self._codes.get(code)
-        if known is None:
-            qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname: 3.11+
-            known = (qualname == self.qualname or qualname.startswith(self.qualname + ".<locals>.")) and (
-                os.path.realpath(code.co_filename) == self.filename)
-            if not hasattr(code, "co_qualname"):  # 3.10: match by name and file only
-                known = code.co_name == self.qualname.rsplit(".", 1)[-1] and (
-                    os.path.realpath(code.co_filename) == self.filename)
-            self._codes[code] = known
-        return known
 
     # -- hooks ------------------------------------------------------------------------------
     def install(self) -> None:

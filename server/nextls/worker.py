@@ -1,0 +1,289 @@
+"""The verification engine: warm test workers that fork a fresh child for every run.
+
+Every test run of nextls (diagnostics, tracing in process, verifying a model's answer, verifying a repair
+search candidate, training's filter) goes through `nextls.runner.run_tests`, which hands the run to a
+worker from this pool. A worker (`child/nextls_worker.py`) is one sandboxed process per interpreter that
+has imported the harness, the recorder and pytest once; each run is a `fork()` of it, so a run starts in a
+millisecond or two with pytest loaded, and no state survives from one run to the next. What a run may do
+is what `nextls.sandbox` allows a process (the worker carries the rlimits and the sandbox uid; each run
+gets the CPU limit, its own session and capped output pipes from the worker). A worker that dies (a run
+killed it, or it was killed) costs that run only: the pool starts a new one for the next.
+
+A worker is retired and replaced when the interpreter's installed packages change (the mtime of its
+site-packages folders), since it holds pytest and its plugins in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nextls.sandbox import Limits, Outcome, ProcessResult, SandboxedProcess, python_argv
+
+__all__ = ["POOL", "WorkerError", "WorkerPool", "shutdown"]
+
+logger = logging.getLogger(__name__)
+
+WORKER_SCRIPT = Path(__file__).resolve().parent / "child" / "nextls_worker.py"
+# How long a new worker may take to import pytest and say it is ready.
+_START_TIMEOUT_S = 60.0
+# Beyond a run's wall time: the fork, killing its group and draining its pipes.
+_ANSWER_GRACE_S = 5.0
+# After a cancel request, how long the worker has to answer before it is killed.
+_CANCEL_GRACE_S = 2.0
+_CANCEL_POLL_S = 0.02
+
+
+class WorkerError(RuntimeError):
+    """The worker could not be started (a broken interpreter, a missing file)."""
+
+
+@dataclass(frozen=True)
+class _Key:
+    python: str
+    memory_bytes: int | None
+    max_processes: int | None
+    file_size_bytes: int | None
+    drop_privileges: bool
+
+    @classmethod
+    def of(cls, python: str, limits: Limits) -> _Key:
+        return cls(python, limits.memory_bytes, limits.max_processes, limits.file_size_bytes,
+                   limits.drop_privileges)
+
+
+class _Lines:
+    """Reads newline-terminated messages from a pipe, with a deadline and a cancel check."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def read(self, deadline: float, cancel: threading.Event | None = None) -> bytes | None:
+        """One line; None at the deadline, when cancel is set, or at EOF (the worker died)."""
+        while (end := self.buffer.find(b"\n")) < 0:
+            if cancel is not None and cancel.is_set():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, _CANCEL_POLL_S if cancel is not None else 1.0)
+            if not select.select([self.fd], [], [], wait)[0]:
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
+        return line
+
+
+class TestWorker:
+    """One warm worker process. Not thread-safe: the pool lends it to one run at a time."""
+
+    __test__ = False
+
+    def __init__(self, python: str, limits: Limits, env: Mapping[str, str]) -> None:
+        argv = python_argv(python, str(WORKER_SCRIPT))
+        try:
+            self.process = SandboxedProcess(argv, env=env, limits=limits)
+        except (FileNotFoundError, PermissionError) as error:
+            raise WorkerError(f"cannot start the test worker with {python!r}: {error.strerror}") from error
+        self.lines = _Lines(self.process.stdout.fileno())
+        ready = self.lines.read(time.monotonic() + _START_TIMEOUT_S)
+        if ready is None:
+            detail = self._stderr_tail()
+            self.close()
+            raise WorkerError(f"the test worker for {python!r} did not start" + (f": {detail}" if detail else ""))
+        self.info = json.loads(ready)
+        self.site_stamp = _site_stamp(self.info.get("site", []))
+
+    @property
+    def uid(self) -> int | None:
+        return self.process.uid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    def stale(self) -> bool:
+        return _site_stamp(self.info.get("site", [])) != self.site_stamp
+
+    def give(self, path: str | os.PathLike[str]) -> None:
+        """Hand a run folder to the worker's uid, so its runs can write there."""
+        if self.uid is not None:
+            for root, dirs, files in os.walk(path):
+                for name in [root, *(os.path.join(root, entry) for entry in dirs + files)]:
+                    os.chown(name, self.uid, self.uid, follow_symlinks=False)
+
+    def run(self, spec: dict, *, cwd: str | os.PathLike[str], env: Mapping[str, str], limits: Limits,
+            cancel: threading.Event | None = None) -> ProcessResult:
+        request = {"spec": spec, "cwd": os.fspath(cwd), "env": dict(env), "wall_time": limits.wall_time,
+                   "cpu_seconds": limits.cpu_seconds, "output_bytes": limits.output_bytes,
+                   "kill_strays": self.uid is not None}
+        started = time.monotonic()
+        try:
+            self._send(request)
+        except OSError:  # died between runs
+            return self._lost(started, "the test worker had died")
+        deadline = started + limits.wall_time + _ANSWER_GRACE_S
+        line = self.lines.read(deadline, cancel)
+        if line is None and cancel is not None and cancel.is_set():
+            with contextlib.suppress(OSError):
+                self._send({"cancel": True})
+            if self.lines.read(time.monotonic() + _CANCEL_GRACE_S) is None:
+                self.close()
+            return ProcessResult(Outcome.CANCELLED, None, None, "", "", False, False, time.monotonic() - started)
+        if line is None:
+            hung = self.alive
+            self.close()
+            if hung:
+                return ProcessResult(Outcome.TIMEOUT, None, signal.SIGKILL, "", "", False, False,
+                                     time.monotonic() - started)
+            return self._lost(started, "the test worker died during the run")
+        return _process_result(json.loads(line), limits)
+
+    def _send(self, message: dict) -> None:
+        self.process.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+        self.process.stdin.flush()
+
+    def _lost(self, started: float, what: str) -> ProcessResult:
+        detail = self._stderr_tail()
+        self.close()
+        return ProcessResult(Outcome.CRASHED, None, signal.SIGKILL, "", f"{what}: {detail}".rstrip(": "),
+                             False, False, time.monotonic() - started)
+
+    def _stderr_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            with open(self.process.stderr_path, "rb") as stderr:
+                stderr.seek(0, os.SEEK_END)
+                stderr.seek(max(0, stderr.tell() - 2000))
+                return " | ".join(stderr.read().decode("utf-8", "replace").strip().splitlines()[-3:])
+        return ""
+
+    def close(self) -> None:
+        self.process.close()
+
+
+def _process_result(answer: dict, limits: Limits) -> ProcessResult:
+    """The worker's account of a run, as the sandbox would have reported the process."""
+    killed_by, returncode = answer["signal"], answer["returncode"]
+    if answer["stop_reason"] == "timeout":
+        outcome = Outcome.TIMEOUT
+    elif answer["stop_reason"] == "cancelled":
+        outcome = Outcome.CANCELLED
+    elif killed_by is not None:
+        # SIGXCPU at the soft CPU limit; SIGKILL at the hard one if the program caught SIGXCPU.
+        hit_cpu_limit = killed_by == signal.SIGXCPU or (
+            killed_by == signal.SIGKILL and answer["cpu_time"] >= limits.cpu_seconds)
+        outcome = Outcome.TIMEOUT if hit_cpu_limit else Outcome.CRASHED
+    elif returncode == 0:
+        outcome = Outcome.OK
+    elif returncode == 1 and answer["stderr_tail"].rstrip().splitlines()[-1:] and \
+            answer["stderr_tail"].rstrip().splitlines()[-1].startswith("MemoryError"):
+        outcome = Outcome.CRASHED  # an uncaught MemoryError: the memory limit
+    else:
+        outcome = Outcome.EXITED
+    return ProcessResult(outcome, returncode, killed_by, answer["stdout"], answer["stderr"],
+                         answer["stdout_truncated"], answer["stderr_truncated"], answer["wall_time"])
+
+
+def _site_stamp(folders: list[str]) -> tuple[float, ...]:
+    stamps = []
+    for folder in folders:
+        try:
+            stamps.append(os.stat(folder).st_mtime)
+        except OSError:
+            stamps.append(-1.0)
+    return tuple(stamps)
+
+
+class WorkerPool:
+    """Idle workers by interpreter and limits; at most `size` alive at once (runs wait for a free one)."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size or max(2, os.cpu_count() or 2)
+        self._idle: dict[_Key, list[TestWorker]] = {}
+        self._alive = 0
+        self._condition = threading.Condition()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def worker(self, python: str, limits: Limits, env: Mapping[str, str]) -> Iterator[TestWorker]:
+        key = _Key.of(python, limits)
+        worker = self._acquire(key)
+        if worker is None:
+            try:
+                worker = TestWorker(python, limits, env)
+            except BaseException:
+                self._release(key, None)
+                raise
+        try:
+            yield worker
+        finally:
+            self._release(key, worker)
+
+    def _acquire(self, key: _Key) -> TestWorker | None:
+        """An idle, healthy worker for `key`, or None after reserving room to start one."""
+        with self._condition:
+            while True:
+                idle = self._idle.get(key, [])
+                while idle:
+                    worker = idle.pop()
+                    if worker.alive and not worker.stale():
+                        return worker
+                    self._alive -= 1
+                    worker.close()
+                if self._alive < self.size:
+                    self._alive += 1
+                    return None
+                if not self._evict_one_idle():
+                    self._condition.wait()
+
+    def _evict_one_idle(self) -> bool:
+        """Close an idle worker of another interpreter or limits, to make room."""
+        for workers in self._idle.values():
+            if workers:
+                workers.pop().close()
+                self._alive -= 1
+                return True
+        return False
+
+    def _release(self, key: _Key, worker: TestWorker | None) -> None:
+        with self._condition:
+            if worker is not None and worker.alive and not self._closed:
+                self._idle.setdefault(key, []).append(worker)
+            else:
+                self._alive -= 1
+                if worker is not None:
+                    worker.close()
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Kill every idle worker (busy ones are closed when their run returns)."""
+        with self._condition:
+            self._closed = True
+            for workers in self._idle.values():
+                for worker in workers:
+                    worker.close()
+                    self._alive -= 1
+            self._idle.clear()
+            self._condition.notify_all()
+
+
+POOL = WorkerPool()
+
+
+def shutdown() -> None:
+    """Kill the workers; the server calls this on exit (they would die with it anyway: PDEATHSIG)."""
+    POOL.close()

@@ -4,6 +4,7 @@
     nextls-train data check [--dir DIR] [--sample N]
     nextls-train data stats [--dir DIR]
     nextls-train run --config RUN.toml [--set SECTION.KEY=VALUE ...] [--no-export]
+    nextls-train warmstart --config RUN.toml
     nextls-train sample|filter --config RUN.toml --iteration T [--split train|dev] [--shard I/N]
     nextls-train train|eval|export --config RUN.toml --iteration T
     nextls-train eval --model X.gguf [--lora A.gguf] --dataset mbpp-r-dev|hefix-plus --samples N -k 1,5,10 [...]
@@ -145,6 +146,11 @@ def _training_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--no-export", action="store_true", help="stop after the last iteration's evaluation")
     run.set_defaults(handler=_run)
 
+    warmstart = commands.add_parser("warmstart", help="iteration 0: each train task's reference fix with a "
+                                    "rationale written from its trace, verified, capped per problem (resumable)")
+    common(warmstart)
+    warmstart.set_defaults(handler=_warmstart)
+
     sample = commands.add_parser("sample", help="stage 1: sample rationale+fix answers (sharded, resumable)")
     common(sample)
     sample.add_argument("--iteration", type=int, required=True,
@@ -233,6 +239,11 @@ def _print_json(data: object) -> None:
 def _run(args: argparse.Namespace) -> int:
     summary = _open_run(args).run(export=not args.no_export)
     _print_json({key: value for key, value in summary.items() if key != "export"})
+    return 0
+
+
+def _warmstart(args: argparse.Namespace) -> int:
+    _print_json(_open_run(args).warmstart())
     return 0
 
 

@@ -1,6 +1,6 @@
 """The run config: one TOML file says everything about a self-training run (`training/runs/*.toml`).
 
-Sections mirror the stages: [model], [data], [sample], [filter], [train], [eval], [loop], [export].
+Sections mirror the stages: [model], [data], [sample], [filter], [train], [eval], [warmstart], [loop], [export].
 Relative paths are resolved against the config file's folder. Every field has a default, so a config
 names only what it changes; unknown keys are an error (a typo must not silently fall back to a default).
 """
@@ -88,6 +88,16 @@ class EvalConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    # Iteration 0 (`nextls-train warmstart`, nextls_train.warmstart): each train task's reference fix with a
+    # rationale written from its trace, verified. `answers` is the gzipped JSONL of the kept answers (relative
+    # to the config file); when set, the train stage adds them to every iteration's examples. "": none.
+    answers: str = ""
+    max_per_problem: int = 4  # kept answers per MBPP problem at most (0: all)
+    seed: int = 0
+
+
+@dataclass
 class LoopConfig:
     iterations: int = 3
     eval_base: bool = True  # iteration 0: the base model's dev pass@1
@@ -111,6 +121,7 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     root: Path = field(default=Path("."), repr=False)  # the config file's folder
@@ -155,7 +166,8 @@ def from_dict(data: dict[str, Any], root: Path = Path(".")) -> RunConfig:
     data = dict(data)
     sections = {}
     classes = {"model": ModelConfig, "data": DataConfig, "sample": SampleConfig, "filter": FilterConfig,
-               "train": TrainConfig, "eval": EvalConfig, "loop": LoopConfig, "export": ExportConfig}
+               "train": TrainConfig, "eval": EvalConfig, "warmstart": WarmStartConfig, "loop": LoopConfig,
+               "export": ExportConfig}
     for name, cls in classes.items():
         sections[name] = build_section(cls, data.pop(name, {}), f"[{name}]")
     top = build_section(RunConfig, data, "config")

@@ -89,6 +89,19 @@ class Run:
 
     # -- stages ----------------------------------------------------------------------------------------------
 
+    def warmstart(self) -> dict[str, Any]:
+        """Iteration 0: the verified warm-start answers (nextls_train.warmstart), written to [warmstart].answers."""
+        from nextls_train.warmstart import run_warmstart
+
+        folder = self.config.out / "warmstart"
+        fingerprint = self.config.fingerprint("data", "filter", "warmstart")
+        done = stage_done(folder, "warmstart", fingerprint)
+        if done and self.config.resolve(self.config.warmstart.answers).exists():
+            return done
+        summary = run_warmstart(self.config, self.tasks("train"), log=self.log.to(folder / "log.txt"),
+                                progress=self.progress)
+        return mark_done(folder, "warmstart", fingerprint, summary)
+
     def sample(self, iteration: int, split: str = "train", shard: tuple[int, int] = (0, 1),
                backend: str | None = None) -> dict[str, Any]:
         """Train split: answers from the model of iteration-1 (the base for iteration 1). Dev split: from the

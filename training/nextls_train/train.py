@@ -1,6 +1,7 @@
 """Stage 3: LoRA fine-tuning *from the base model* on every sample kept so far (NExT Algorithm 1).
 
-The examples of iteration t are the kept samples of iterations 1..t, deduplicated (same task, same
+The examples of iteration t are the kept samples of iterations 1..t (and the warm start's, iteration 0,
+when `[warmstart].answers` names them), deduplicated (same task, same
 rationale and code) and capped per task (`[train].max_per_task`, drawn with a seeded shuffle that prefers
 distinct fixes), optionally only for the "hard" tasks. Each example is the prompt the server sends (chat
 template applied) followed by the answer and the end-of-turn token; the loss covers the answer tokens only.
@@ -52,8 +53,8 @@ def collect_examples(config: RunConfig, iteration: int, tasks: dict[str, TaskRec
     by_task: dict[str, list[dict[str, Any]]] = {}
     seen: set[tuple[str, str, str]] = set()
     stats = {"kept_so_far": 0, "duplicates": 0, "not_hard": 0, "capped": 0}
-    for t in range(1, iteration + 1):
-        for row in read_log(iteration_dir(config, t) / KEPT):
+    for t in range(0 if config.warmstart.answers else 1, iteration + 1):
+        for row in _kept_rows(config, t):
             stats["kept_so_far"] += 1
             if row["task"] not in tasks:
                 continue
@@ -84,6 +85,18 @@ def collect_examples(config: RunConfig, iteration: int, tasks: dict[str, TaskRec
                              "answer": row["answer"]})
     stats.update(examples=len(examples), tasks=len(by_task))
     return examples, stats
+
+
+def _kept_rows(config: RunConfig, iteration: int) -> list[dict[str, Any]]:
+    """Iteration t's kept answers; iteration 0 is the warm start (`[warmstart].answers`)."""
+    if iteration == 0:
+        from nextls_train.warmstart import read_answers
+
+        path = config.resolve(config.warmstart.answers)
+        if not path.exists():
+            raise FileNotFoundError(f"no warm-start answers at {path}: run `nextls-train warmstart` first")
+        return read_answers(path)
+    return list(read_log(iteration_dir(config, iteration) / KEPT))
 
 
 def tokenize_examples(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int
@@ -268,7 +281,7 @@ def run_train(config: RunConfig, iteration: int, tasks: Sequence[TaskRecord], ba
     done with the same settings."""
     log = log or Logger()
     folder = iteration_dir(config, iteration)
-    fingerprint = config.fingerprint("model", "data", "sample", "filter", "train") + f":{iteration}"
+    fingerprint = config.fingerprint("model", "data", "sample", "filter", "warmstart", "train") + f":{iteration}"
     done = stage_done(folder, "train", fingerprint)
     if done and adapter_dir(config, iteration).exists():
         log(f"train: iteration {iteration} done before ({done.get('examples')} examples)")

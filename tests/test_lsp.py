@@ -525,8 +525,8 @@ async def test_configuration_changes_apply(tmp_path: Path) -> None:
         await s.wait(lambda: s.messages("nextls.k must be a whole number"), "the warning about k")
         uri = s.open(root / "running_mean.py")
         [diagnostic] = await s.diagnostics(uri)
-        assert "doctest:running_mean: failed: running_mean([2, 4, 6]) expected [2.0, 3.0, 4.0], got [1.0, 2.0, 3.0]" \
-            in diagnostic.message
+        assert ("doctest:running_mean: failed: running_mean([2, 4, 6]) returned [1.0, 2.0, 3.0], "
+                "expected [2.0, 3.0, 4.0]") in diagnostic.message
         await s.traced("running_mean")
         assert await s.inlay_hints(uri) == []  # off
 

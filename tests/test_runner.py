@@ -62,7 +62,7 @@ def test_each_way_a_test_can_end_is_reported_and_the_rest_still_run(module) -> N
     report = run_tests(module, cases("ok", "hang", "exit", "boom", "os_exit", "flood", "segfault", "nope"), config)
     got = outcomes(report)
     assert got["ok"] == ("passed", "")
-    assert got["hang"] == ("timeout", "timed out after 1s")
+    assert got["hang"] == ("timeout", "timed out after 1 s")
     assert got["exit"][0] == "error" and got["exit"][1].startswith("SystemExit: 3")
     assert got["boom"][0] == "error" and "KeyError: 'boom'" in got["boom"][1] and "in probe" in got["boom"][1]
     assert got["os_exit"][0] == "crashed" and "exited with code 7" in got["os_exit"][1]

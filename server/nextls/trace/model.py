@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nextls.messages import readable
+
 RETURN_KEY = "__return__"
 EXCEPTION_KEY = "__exception__"
 
@@ -37,7 +39,9 @@ class Trace:
 
     @classmethod
     def from_json(cls, data: dict, *, backend: str = "", test_id: str = "") -> Trace:
-        events = [TraceEvent(e["step"], e["frame"], e["line"], e["kind"], dict(e["values"])) for e in data["events"]]
+        events = [TraceEvent(e["step"], e["frame"], e["line"], e["kind"],
+                             {name: readable(value) for name, value in e["values"].items()})
+                  for e in data["events"]]
         return cls(filename=data["filename"], qualname=data["qualname"], events=events,
                    truncated=bool(data.get("truncated")), max_steps=int(data.get("max_steps", 0)),
                    backend=backend, test_id=test_id)

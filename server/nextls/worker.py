@@ -15,6 +15,7 @@ site-packages folders), since it holds pytest and its plugins in memory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -282,6 +283,7 @@ class WorkerPool:
 
 
 POOL = WorkerPool()
+atexit.register(POOL.close)  # the workers would die with us (PDEATHSIG), but their folders would stay
 
 
 def shutdown() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import math
 import os
@@ -34,11 +35,28 @@ import traceback
 import nextls_harness
 import nextls_recorder  # noqa: F401  (imported here once, so that every forked run has it warm)
 
-try:  # pytest-hosted tests: paid once here instead of at every run
+
+def _warm_up_pytest() -> None:
+    """Run pytest once on an empty folder: that imports pytest, its built-in plugins, the installed ones
+    (entry points `pytest11`) and what they import lazily at the end of a session (hypothesis' takes
+    seconds): the bulk of pytest's start-up, paid once here instead of at every run. Each run's
+    `pytest.main` still reads the configuration, loads conftest.py and collects, so it sees the disk as
+    it is now."""
+    import tempfile
+
     import nextls_pytest_plugin  # noqa: F401
-    import pytest  # noqa: F401
-except ImportError:  # an interpreter without pytest still serves asserts and doctests
-    pass
+    import pytest
+
+    with tempfile.TemporaryDirectory(prefix="nextls-warmup-") as empty, open(os.devnull, "w") as quiet:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", "--rootdir", empty, empty])
+
+
+with contextlib.suppress(ImportError):  # an interpreter without pytest still serves asserts and doctests
+    _warm_up_pytest()
+# What is loaded now lives as long as the worker: out of the collector's sight, a run's gc.collect() (pytest
+# calls it twice per session) neither walks it nor touches its pages, which fork would have to copy.
+gc.freeze()
 
 _READ_CHUNK = 1 << 16
 _DRAIN_GRACE_S = 1.0

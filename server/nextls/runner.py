@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from nextls.child.nextls_harness import record_mac
 from nextls.messages import readable
-from nextls.sandbox import Limits, Outcome, ProcessResult, sandbox_dir
+from nextls.sandbox import Limits, Outcome, ProcessResult, child_env, sandbox_dir
 from nextls.trace.model import Trace
 from nextls.worker import POOL
 
@@ -225,7 +224,8 @@ def _run_child(spec: dict, config: RunConfig, work_dir: Path, trace: TraceReques
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         argv = [config.python, str(HARNESS), str(spec_path)]
         return debugpy_backend.run_traced(argv, env, work_dir, spec["trace"], config.limits, cancel)
-    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR)) as worker:
+    pytest = any(test["kind"] == "pytest" for test in spec["tests"])
+    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR), pytest=pytest) as worker:
         worker.give(work_dir)
         process = worker.run(spec, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
     trace_path = Path(spec["trace"]["out"]) if trace is not None else None
@@ -235,7 +235,7 @@ def _run_child(spec: dict, config: RunConfig, work_dir: Path, trace: TraceReques
 
 def _run_env(work_dir: Path) -> dict[str, str]:
     """The environment of a test run (and of the worker that forks it)."""
-    return dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
+    return child_env(work_dir)
 
 
 def _read_results(path: Path, secret: bytes) -> tuple[dict[str, TestResult], set[str]]:

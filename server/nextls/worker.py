@@ -51,14 +51,15 @@ class WorkerError(RuntimeError):
 @dataclass(frozen=True)
 class _Key:
     python: str
+    pytest: bool
     memory_bytes: int | None
     max_processes: int | None
     file_size_bytes: int | None
     drop_privileges: bool
 
     @classmethod
-    def of(cls, python: str, limits: Limits) -> _Key:
-        return cls(python, limits.memory_bytes, limits.max_processes, limits.file_size_bytes,
+    def of(cls, python: str, limits: Limits, pytest: bool) -> _Key:
+        return cls(python, pytest, limits.memory_bytes, limits.max_processes, limits.file_size_bytes,
                    limits.drop_privileges)
 
 
@@ -94,8 +95,8 @@ class TestWorker:
 
     __test__ = False
 
-    def __init__(self, python: str, limits: Limits, env: Mapping[str, str]) -> None:
-        argv = python_argv(python, str(WORKER_SCRIPT))
+    def __init__(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True) -> None:
+        argv = python_argv(python, str(WORKER_SCRIPT), *(["--pytest"] if pytest else []))
         try:
             self.process = SandboxedProcess(argv, env=env, limits=limits)
         except (FileNotFoundError, PermissionError) as error:
@@ -220,12 +221,14 @@ class WorkerPool:
         self._closed = False
 
     @contextlib.contextmanager
-    def worker(self, python: str, limits: Limits, env: Mapping[str, str]) -> Iterator[TestWorker]:
-        key = _Key.of(python, limits)
+    def worker(self, python: str, limits: Limits, env: Mapping[str, str], *,
+               pytest: bool = True) -> Iterator[TestWorker]:
+        """A worker for runs under `limits` with `python`; `pytest=False` for runs without pytest tests."""
+        key = _Key.of(python, limits, pytest)
         worker = self._acquire(key)
         if worker is None:
             try:
-                worker = TestWorker(python, limits, env)
+                worker = TestWorker(python, limits, env, pytest=pytest)
             except BaseException:
                 self._release(key, None)
                 raise

@@ -1,9 +1,10 @@
 """The warm test worker: a long-lived process that forks a fresh child for every test run (stdlib only).
 
-Usage: python nextls_worker.py   (started by `nextls.worker`, inside the sandbox)
+Usage: python nextls_worker.py [--pytest]   (started by `nextls.worker`, inside the sandbox)
 
 Starting an interpreter and importing pytest costs far more than running an MBPP-size test. The worker
-pays it once: it imports the harness, the recorder and pytest, then serves runs. Each run forks a child
+pays it once: it imports the harness, the recorder and (with --pytest) pytest, then serves runs. Without
+pytest it stays small, and a small process forks faster: asserts and doctests get such a worker. Each run forks a child
 from this warm parent, so the child starts with everything imported and nothing left over from earlier
 runs (the parent never imports user code, never collects tests, never runs a conftest): a changed test
 file, conftest.py or function is seen by the next run as it is on disk or in the spec.
@@ -52,11 +53,7 @@ def _warm_up_pytest() -> None:
             pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", "--rootdir", empty, empty])
 
 
-with contextlib.suppress(ImportError):  # an interpreter without pytest still serves asserts and doctests
-    _warm_up_pytest()
-# What is loaded now lives as long as the worker: out of the collector's sight, a run's gc.collect() (pytest
-# calls it twice per session) neither walks it nor touches its pages, which fork would have to copy.
-gc.freeze()
+
 
 _READ_CHUNK = 1 << 16
 _DRAIN_GRACE_S = 1.0
@@ -222,6 +219,11 @@ def _read(fd: int, captures: dict, open_pipes: set, poller) -> None:
 
 
 def main() -> int:
+    if "--pytest" in sys.argv[1:]:
+        _warm_up_pytest()
+    # What is loaded now lives as long as the worker: out of the collector's sight, a run's gc.collect()
+    # (pytest calls it twice per session) neither walks it nor touches its pages, which fork would copy.
+    gc.freeze()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the server dies: so does its worker
     _prctl(_PR_SET_DUMPABLE, 0)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)

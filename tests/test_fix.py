@@ -73,7 +73,7 @@ def test_candidates_are_verified_deduplicated_and_ranked(buggy_file: Path) -> No
         format_answer("Same fix again.", GOOD_FIX),
     ]
     runtime = ScriptedRuntime(answers)
-    report = fix_function(buggy_file, "remove_Occ", runtime, options=FixOptions(k=4))
+    report = fix_function(buggy_file, "remove_Occ", runtime, options=FixOptions(k=4, search=False))
     by_index = {candidate.index: candidate for candidate in report.candidates}
     assert by_index[0].status == "rejected" and by_index[0].reason == "no code in the answer"
     assert by_index[1].status == "partial" and by_index[1].passed == 2  # "PHP" stays "PHP"
@@ -89,8 +89,8 @@ def test_candidates_are_verified_deduplicated_and_ranked(buggy_file: Path) -> No
 
 def test_prompt_carries_the_trace_unless_asked_not_to(buggy_file: Path) -> None:
     with_trace, without = ScriptedRuntime([format_answer("", GOOD_FIX)]), ScriptedRuntime([format_answer("", GOOD_FIX)])
-    fix_function(buggy_file, "remove_Occ", with_trace, options=FixOptions(k=1))
-    fix_function(buggy_file, "remove_Occ", without, options=FixOptions(k=1, use_trace=False))
+    fix_function(buggy_file, "remove_Occ", with_trace, options=FixOptions(k=1, search=False))
+    fix_function(buggy_file, "remove_Occ", without, options=FixOptions(k=1, use_trace=False, search=False))
     assert "# (7) s='helo'" in with_trace.prompts[0] and "execution trace" in with_trace.prompts[0]
     assert "# (7)" not in without.prompts[0] and "s = s[0:i] + s[i:]" in without.prompts[0]
     for prompt in (with_trace.prompts[0], without.prompts[0]):
@@ -100,7 +100,8 @@ def test_prompt_carries_the_trace_unless_asked_not_to(buggy_file: Path) -> None:
 
 def test_stop_at_first_verified(buggy_file: Path) -> None:
     runtime = ScriptedRuntime([format_answer("", GOOD_FIX), format_answer("", PARTIAL_FIX)])
-    report = fix_function(buggy_file, "remove_Occ", runtime, options=FixOptions(k=2, stop_at_first_verified=True))
+    report = fix_function(buggy_file, "remove_Occ", runtime,
+                          options=FixOptions(k=2, stop_at_first_verified=True, search=False))
     assert [candidate.status for candidate in report.candidates] == ["verified"]
 
 
@@ -110,7 +111,7 @@ def test_missing_import_of_a_fix_is_added(tmp_path: Path) -> None:
                     "assert most_common([1, 2, 2]) == 2\n")
     answer = format_answer("Count them.", "from collections import Counter\n\n\ndef most_common(xs):\n"
                                           "    return Counter(xs).most_common(1)[0][0]")
-    report = fix_function(file, "most_common", ScriptedRuntime([answer]), options=FixOptions(k=1))
+    report = fix_function(file, "most_common", ScriptedRuntime([answer]), options=FixOptions(k=1, search=False))
     assert report.best.verified
     assert report.best.new_source.startswith('"""Counting."""\nfrom collections import Counter\n')
 
@@ -162,7 +163,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_cli_fix_json_with_the_tiny_model(buggy_file: Path, tiny_gguf: Path) -> None:
     done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(tiny_gguf), "-k", "2", "--max-tokens", "24",
-                   "--threads", "1", "--json", "--apply")
+                   "--threads", "1", "--json", "--apply", "--no-search")
     assert done.returncode == 1, done.stderr  # random weights: no verified fix
     report = json.loads(done.stdout)
     assert report["device"].startswith("CPU")
@@ -176,19 +177,20 @@ def test_cli_fix_json_with_the_tiny_model(buggy_file: Path, tiny_gguf: Path) -> 
 
 
 def test_cli_fix_with_smollm2_prints_trace_candidates_and_results(buggy_file: Path) -> None:
-    done = run_cli("fix", f"{buggy_file}::remove_Occ", "-k", "1", "--max-tokens", "96", "--threads", "2")
+    done = run_cli("fix", f"{buggy_file}::remove_Occ", "-k", "1", "--max-tokens", "96", "--threads", "2",
+                   "--no-search")
     assert done.returncode in (0, 1), done.stderr
     assert "# traced assert:remove_occ.py:17" in done.stdout
-    assert "# 1 candidate(s) from SmolLM2-135M-Instruct on CPU" in done.stdout
+    assert "# model: 1 answer(s) from SmolLM2-135M-Instruct on CPU" in done.stdout
     assert "#   sample 1: " in done.stdout
 
 
 def test_cli_fix_missing_model_is_a_clear_error(buggy_file: Path, tmp_path: Path) -> None:
-    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(tmp_path / "nope.gguf"))
+    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(tmp_path / "nope.gguf"), "--no-search")
     assert done.returncode == 2 and "nope.gguf" in done.stderr and "Traceback" not in done.stderr
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("hello")
-    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(not_gguf))
+    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(not_gguf), "--no-search")
     assert done.returncode == 2 and "model.gguf" in done.stderr and "Traceback" not in done.stderr
 
 

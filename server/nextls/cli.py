@@ -13,6 +13,7 @@ from nextls.runner import RunConfig
 from nextls.sandbox import Limits
 
 TARGET_HELP = "FILE.py::FUNCTION, FILE.py::Class.method, or FILE.py:LINE"
+SUSPICIOUS_SHOWN = 3  # lines `nextls fix` lists; `nextls trace --suspicious` lists them all
 
 
 class UsageError(Exception):
@@ -77,12 +78,27 @@ def command_trace(args: argparse.Namespace) -> int:
 
     path, function = parse_target(args.target)
     options = RenderOptions(head=args.head, tail=args.tail, max_tokens=args.max_tokens)
+    config = run_config(args)
     report = trace_function(path, function, tests_file=args.tests, test_id=args.test, backend=args.backend,
-                            config=run_config(args), max_steps=args.max_steps, render_options=options)
+                            config=config, max_steps=args.max_steps, render_options=options)
+    suspicious = None
+    if args.suspicious:
+        from nextls.search.localize import suspicious_lines
+
+        suspicious = suspicious_lines(report, config)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print_trace_report(report, path, args.backend)
+        document = report.to_json()
+        if suspicious is not None:
+            document["suspicious"] = [line.to_json() for line in suspicious]
+        print(json.dumps(document, indent=2))
+        return 0
+    print_trace_report(report, path, args.backend)
+    if suspicious is not None:
+        print()
+        print("# suspicious lines, most suspicious first (Ochiai over the tests' coverage, refined by the trace):"
+              if suspicious else "# no suspicious lines: no test fails")
+        for line in suspicious:
+            print(f"#   {line.describe()}")
     return 0
 
 
@@ -123,7 +139,8 @@ def fix_options(args: argparse.Namespace):
 
     return FixOptions(k=args.k, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                       seed=args.seed, use_trace=not args.no_trace, backend=args.backend,
-                      stop_at_first_verified=args.first)
+                      stop_at_first_verified=args.first, search=args.search, search_budget=args.search_budget,
+                      sample_after_search=args.also_sample)
 
 
 def command_fix(args: argparse.Namespace) -> int:
@@ -132,9 +149,10 @@ def command_fix(args: argparse.Namespace) -> int:
     path, function = parse_target(args.target)
     if args.k < 1:
         raise UsageError("-k must be at least 1")
-    runtime = load_runtime(args)
-    report = fix_function(path, function, runtime, options=fix_options(args), config=run_config(args),
-                          tests_file=args.tests, test_id=args.test, progress=say)
+    if args.search_budget <= 0:
+        raise UsageError("--search-budget must be a positive number of seconds")
+    report = fix_function(path, function, load_runtime=lambda: load_runtime(args), options=fix_options(args),
+                          config=run_config(args), tests_file=args.tests, test_id=args.test, progress=say)
     best = report.best
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -142,7 +160,7 @@ def command_fix(args: argparse.Namespace) -> int:
         print_fix_report(report, path, args)
     if best is not None and best.verified and args.apply:
         backup = apply_fix(path, best.new_source)
-        say(f"applied sample {best.index + 1} to {path} (the original is in {backup})")
+        say(f"applied {best.label} to {path} (the original is in {backup})")
     elif args.apply:
         say(f"not applied: no candidate passes all the tests, {path} is unchanged")
     if not report.trace.failing:
@@ -154,22 +172,37 @@ def print_fix_report(report, path: Path, args: argparse.Namespace) -> None:
     if not print_trace_report(report.trace, path, args.backend) and not report.trace.failing:
         return
     print()
-    model = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
-    print(f"# {len(report.candidates)} candidate(s) from {model} on {report.device}, {len(report.verified)} verified; "
+    search = report.search
+    if search is not None:
+        found = sum(candidate.source == "search" and candidate.verified for candidate in report.candidates)
+        first = (f", the first after {search.first_verified_seconds:.1f}s" if search.first_verified_seconds is not None
+                 else "")
+        print(f"# search: {search.tried} edit(s) of the suspicious lines tried in {search.seconds:.1f}s, "
+              f"{found} verified{first}")
+        for line in search.suspicious[:SUSPICIOUS_SHOWN]:
+            print(f"#   suspicious {line.describe()}")
+    if report.device:
+        model = Path(args.model).name if args.model else "SmolLM2-135M-Instruct"
+        sampled = sum(candidate.source == "model" for candidate in report.candidates)
+        print(f"# model: {sampled} answer(s) from {model} on {report.device}")
+    elif search is not None:
+        print("# model: not sampled, the search found a verified fix (--also-sample asks it too)")
+    print(f"# {len(report.candidates)} candidate(s), {len(report.verified)} verified; "
           + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in report.timings.items()))
     for candidate in report.candidates:
         detail = (f"passes {candidate.passed}/{len(candidate.results)} tests" if candidate.results
                   else candidate.reason)
-        print(f"#   sample {candidate.index + 1}: {candidate.status:<9} {detail}")
+        edit = f"  {candidate.description}" if candidate.description else ""
+        print(f"#   {candidate.label}: {candidate.status:<9} {detail}{edit}")
     best = report.best
     if best is None:
         return
     print()
-    print(f"## Rationale (sample {best.index + 1})")
+    print(f"## Rationale ({best.label})")
     print(best.candidate.rationale or "(the model gave no rationale)")
     if best.diff:
         print()
-        print(f"## Fix (sample {best.index + 1}, {best.status}: passes {best.passed}/{len(best.results)} tests)")
+        print(f"## Fix ({best.label}, {best.status}: passes {best.passed}/{len(best.results)} tests)")
         sys.stdout.write(best.diff)
         print()
         print_results(best.results, indent="    ")
@@ -240,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--head", type=int, default=3, help="entries kept at the start of a repeated line")
     trace.add_argument("--tail", type=int, default=1, help="entries kept at the end of a repeated line")
     trace.add_argument("--max-tokens", type=int, help="trim the rendered trace to about this many tokens")
+    trace.add_argument("--suspicious", action="store_true",
+                       help="also rank the function's lines by how suspicious they are (runs every test once more)")
     trace.set_defaults(handler=command_trace)
 
     fix = commands.add_parser("fix", help="sample fixes from the model and verify each against the tests",
@@ -250,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(fix)
     fix.add_argument("-k", type=int, default=4, help="answers to sample (default: %(default)s)")
     fix.add_argument("--first", action="store_true", help="stop at the first fix that passes every test")
+    fix.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                     help="search small edits of the suspicious lines before asking the model (default: on)")
+    fix.add_argument("--search-budget", type=float, default=20.0, metavar="SECONDS",
+                     help="time the search may take (default: %(default)s)")
+    fix.add_argument("--also-sample", action="store_true",
+                     help="sample the model's k answers even when the search found a verified fix")
     fix.add_argument("--apply", action="store_true",
                      help="write the best fix into the file if it passes every test (keeps FILE.nextls.bak)")
     fix.set_defaults(handler=command_fix)
@@ -261,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(explain)
     add_model_options(explain)
     # one greedy answer: its rationale is the explanation
-    explain.set_defaults(handler=command_explain, temperature=0.0, k=1, first=False)
+    explain.set_defaults(handler=command_explain, temperature=0.0, k=1, first=False, search=False, search_budget=0.0,
+                         also_sample=False)
 
     serve = commands.add_parser("serve", help="run the language server (LSP over stdio, or TCP)",
                                 description="Run the nextls language server: failing-test diagnostics, verified "

@@ -1,8 +1,12 @@
-"""The main job: trace the failing test, sample k rationale+fix answers, verify each, rank them.
+"""The main job: trace the failing test, search small edits, sample k rationale+fix answers, verify each,
+rank them all in one list.
 
-find tests -> run them traced -> render the trace -> build the prompt -> sample k answers -> parse
-each -> splice it into the file -> run every test again in the sandbox -> rank. A fix counts as
-verified only when all the tests pass: the ones that failed and the ones that passed before.
+find tests -> run them traced -> search edits of the suspicious lines (`nextls.search`), each spliced into
+the file and run against every test -> when none passes them all: build the prompt -> sample k answers ->
+parse each -> splice it into the file -> run every test again in the sandbox -> rank. A fix counts as
+verified only when all the tests pass: the ones that failed and the ones that passed before. Search
+candidates and model answers share the verifier (a fix both find runs once) and the ranking, and each
+says where it came from (`source`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nextls.answer import Candidate, parse_answer
 from nextls.discovery import target_module
@@ -32,6 +37,9 @@ from nextls.splice import (
 from nextls.trace.capture import TraceReport, describe_result, trace_function
 from nextls.trace.render import RenderOptions, strip_trace_comments
 
+if TYPE_CHECKING:
+    from nextls.search import SearchOutcome
+
 Progress = Callable[[str], None]
 
 
@@ -46,21 +54,28 @@ class FixOptions:
     stop_at_first_verified: bool = False
     trace_tokens: int = 1500  # the rendered trace is trimmed to about this many tokens
     backend: str = "inprocess"
+    search: bool = True  # search small edits of the suspicious lines before sampling the model
+    search_budget: float = 20.0  # seconds the search may take
+    search_verified: int = 3  # the search stops after this many verified fixes
+    sample_after_search: bool = False  # sample the model even when the search found a verified fix
 
 
 @dataclass
 class FixCandidate:
-    """One sampled answer and what became of it."""
+    """One candidate fix, from the repair search or a model answer, and what became of it."""
 
-    index: int
-    generation: Generation
-    candidate: Candidate
+    index: int  # its number within its source, from 0
+    generation: Generation | None  # the model's answer; None for a search candidate
+    candidate: Candidate  # the rationale and the fixed function
     status: str = "rejected"  # "verified" (all tests pass), "partial", "failing", "rejected", "duplicate"
     reason: str = ""  # why it was rejected, or which candidate it duplicates
     results: list[TestResult] = field(default_factory=list)
     new_source: str = ""
     diff: str = ""
     edit_size: int = 0
+    source: str = "model"  # "search" or "model"
+    description: str = ""  # a search candidate's edit: "line 9: `s[i:]` -> `s[i + 1:]`"
+    suspiciousness: float = 0.0  # of the lines a search candidate edits
 
     @property
     def passed(self) -> int:
@@ -70,17 +85,26 @@ class FixCandidate:
     def verified(self) -> bool:
         return self.status == "verified"
 
+    @property
+    def label(self) -> str:
+        return f"{'search' if self.source == 'search' else 'sample'} {self.index + 1}"
+
     def rank_key(self) -> tuple:
+        """Verified first, then more tests passing, then the smaller edit, then the more suspicious lines."""
         usable = self.status in ("verified", "partial", "failing")
-        return (not self.verified, not usable, -self.passed, self.edit_size, self.index)
+        return (not self.verified, not usable, -self.passed, self.edit_size, -self.suspiciousness,
+                self.source != "search", self.index)
 
     def to_json(self) -> dict:
-        return {"index": self.index, "status": self.status, "reason": self.reason,
+        generation = self.generation
+        return {"index": self.index, "source": self.source, "description": self.description,
+                "status": self.status, "reason": self.reason,
                 "rationale": self.candidate.rationale, "code": self.candidate.code, "diff": self.diff,
                 "edit_size": self.edit_size, "passed": self.passed, "total": len(self.results),
-                "tests": [result.to_json() for result in self.results], "seed": self.generation.seed,
-                "completion_tokens": self.generation.completion_tokens,
-                "finish_reason": self.generation.finish_reason}
+                "tests": [result.to_json() for result in self.results],
+                "seed": generation.seed if generation else None,
+                "completion_tokens": generation.completion_tokens if generation else None,
+                "finish_reason": generation.finish_reason if generation else None}
 
 
 @dataclass
@@ -89,7 +113,8 @@ class FixReport:
     prompt: str = ""
     candidates: list[FixCandidate] = field(default_factory=list)  # ranked, best first
     timings: dict[str, float] = field(default_factory=dict)
-    device: str = ""
+    device: str = ""  # where the model ran; "" when it was not sampled
+    search: SearchOutcome | None = None
 
     @property
     def best(self) -> FixCandidate | None:
@@ -105,6 +130,7 @@ class FixReport:
                 "traced_test": self.trace.traced_test.id if self.trace.traced_test else None,
                 "trace": self.trace.rendered, "prompt": self.prompt,
                 "candidates": [candidate.to_json() for candidate in self.candidates],
+                "search": self.search.to_json() if self.search else None,
                 "timings": {name: round(seconds, 3) for name, seconds in self.timings.items()}}
 
 
@@ -123,13 +149,19 @@ def repair_task(report: TraceReport) -> RepairTask:
                       description=description, trace=report.rendered or None)
 
 
-def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source: str | None = None,
+def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = None, *,
+                 load_runtime: Callable[[], LlamaRuntime] | None = None, source: str | None = None,
                  options: FixOptions = FixOptions(), config: RunConfig = RunConfig(), tests_file: Path | None = None,
                  test_id: str | None = None, cancel: threading.Event | None = None,
-                 progress: Progress | None = None) -> FixReport:
-    """Sample `options.k` fixes of the function and verify each against all its tests.
+                 progress: Progress | None = None,
+                 on_candidate: Callable[[FixCandidate], None] | None = None) -> FixReport:
+    """Search for small verified edits, then (when the search found none, or `options.sample_after_search`)
+    sample `options.k` fixes from the model; every candidate is verified against all the tests, and all
+    are ranked in one list.
 
-    `source` is the file's text when it differs from the disk (an editor's unsaved buffer).
+    The model is `runtime`, or the one `load_runtime()` returns, called only when the model is sampled.
+    `source` is the file's text when it differs from the disk (an editor's unsaved buffer). `on_candidate`
+    sees each candidate as soon as it is verified (or rejected).
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -137,23 +169,46 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime, *, source
     traced = trace_function(file, target, source=source, tests_file=tests_file, test_id=test_id,
                             backend=options.backend, config=config, cancel=cancel,
                             render_options=RenderOptions(max_tokens=options.trace_tokens))
-    report = FixReport(trace=traced, device=runtime.device)
+    report = FixReport(trace=traced)
     report.timings["trace"] = time.perf_counter() - started
     if not traced.failing:
         return report
+    verifier = Verifier(traced.file, traced.source, traced.span, traced.tests, config, cancel)
+    candidates: list[FixCandidate] = []  # the search's best, then every model answer
+    if options.search:
+        from nextls.search import SearchOptions, run_search
+
+        say("searching")
+        started = time.perf_counter()
+        search_options = SearchOptions(budget=options.search_budget,
+                                       max_verified=1 if options.stop_at_first_verified else options.search_verified)
+        report.search = run_search(traced, options=search_options, config=config, cancel=cancel,
+                                   verifier=verifier, on_candidate=on_candidate, progress=say)
+        report.timings["search"] = time.perf_counter() - started
+        candidates += report.search.candidates
+    if any(candidate.verified for candidate in candidates) and not options.sample_after_search:
+        report.candidates = sorted(candidates, key=FixCandidate.rank_key)
+        return report
+    if runtime is None:
+        if load_runtime is None:
+            raise ValueError("no model to sample fixes from: pass `runtime` or `load_runtime`")
+        runtime = load_runtime()
+    report.device = runtime.device
     report.prompt = runtime.format_chat(build_messages(repair_task(traced), use_trace=options.use_trace))
-    verifier = _Verifier(traced.file, traced.source, traced.span, traced.tests, config, cancel)
-    candidates: list[FixCandidate] = []
+    samples: list[FixCandidate] = []
 
     def verify(generation: Generation) -> bool:
-        say(f"verifying sample {len(candidates) + 1}/{options.k}")
+        say(f"verifying sample {len(samples) + 1}/{options.k}")
         started_verify = time.perf_counter()
-        candidate = verifier.check(len(candidates), generation)
+        candidate = verifier.check(len(samples), generation)
         report.timings["verify"] = report.timings.get("verify", 0.0) + time.perf_counter() - started_verify
+        samples.append(candidate)
         candidates.append(candidate)
+        if on_candidate is not None:
+            on_candidate(candidate)
         stop = options.stop_at_first_verified and candidate.verified
-        if not stop and len(candidates) < options.k:
-            say(f"sampling {len(candidates) + 1}/{options.k}")
+        if not stop and len(samples) < options.k:
+            say(f"sampling {len(samples) + 1}/{options.k}")
         return stop
 
     say(f"sampling 1/{options.k}")
@@ -173,11 +228,12 @@ def verify_answer(text: str, *, file: Path, source: str, function: str | int, te
     span = find_function(source, function)
     generation = Generation(text=text, prompt_tokens=0, completion_tokens=0, finish_reason="stop", seconds=0.0,
                             seed=0, reused_prompt_tokens=0)
-    return _Verifier(file, source, span, tests, config, cancel).check(0, generation)
+    return Verifier(file, source, span, tests, config, cancel).check(0, generation)
 
 
-class _Verifier:
-    """Splices each candidate into the file and runs all the tests; remembers what it has seen."""
+class Verifier:
+    """Splices each candidate into the file and runs all the tests; remembers the code it has seen, so that a
+    fix found twice (by the search and the model, or by two samples) runs once."""
 
     def __init__(self, file: Path, source: str, span: FunctionSpan, tests: list[TestCase], config: RunConfig,
                  cancel: threading.Event | None) -> None:
@@ -188,9 +244,10 @@ class _Verifier:
         self.cancel = cancel
         self.source = source
         self.old_function = function_source(self.source, span)
-        self.seen: dict[str, int] = {}  # normalized code -> index of the first candidate with it
+        self.seen: dict[str, str] = {normalized(self.old_function): "the original function"}  # code -> its label
 
     def check(self, index: int, generation: Generation) -> FixCandidate:
+        """Verify a model answer."""
         candidate = parse_answer(generation.text, self.span.name)
         if candidate.usable:
             candidate = replace(candidate, code=strip_trace_comments(candidate.code))
@@ -203,24 +260,36 @@ class _Verifier:
         except SpliceError as error:
             result.reason = f"cannot splice the fix into the file: {error}"
             return result
-        new_source = _with_imports(new_source, candidate.imports)
-        key = ast.dump(parse_python(candidate.code))
-        if key in self.seen:
-            result.status, result.reason = "duplicate", f"same code as sample {self.seen[key] + 1}"
-            return result
-        self.seen[key] = index
-        if new_source == self.source:
+        if self.seen.get(normalized(candidate.code)) == "the original function":
             result.reason = "the answer repeats the original function unchanged"
             return result
+        return self.verify(result, _with_imports(new_source, candidate.imports))
+
+    def is_new(self, code: str) -> bool:
+        return normalized(code) not in self.seen
+
+    def verify(self, result: FixCandidate, new_source: str, config: RunConfig | None = None) -> FixCandidate:
+        """Run every test on `new_source`, which holds `result`'s code in place of the function; a duplicate
+        of code seen before is marked so and not run."""
+        key = normalized(result.candidate.code)
+        if key in self.seen:
+            result.status, result.reason = "duplicate", f"same code as {self.seen[key]}"
+            return result
+        self.seen[key] = result.label
         module = target_module(self.file, new_source, self.tests)
-        run = run_tests(module, self.tests, self.config, cancel=self.cancel)
+        run = run_tests(module, self.tests, config or self.config, cancel=self.cancel)
         result.results = run.results
         result.new_source = new_source
         result.diff = unified_diff(self.source, new_source, str(self.file))
-        result.edit_size = edit_size(self.old_function, candidate.code)
+        result.edit_size = edit_size(self.old_function, result.candidate.code)
         all_passed = bool(run.results) and all(test.passed for test in run.results)
         result.status = "verified" if all_passed else "partial" if result.passed else "failing"
         return result
+
+
+def normalized(code: str) -> str:
+    """Code compared by its AST: formatting and comments do not make two fixes different."""
+    return ast.dump(parse_python(code))
 
 
 def _with_imports(source: str, imports: tuple[str, ...]) -> str:

@@ -91,10 +91,10 @@ class Run:
 
     def warmstart(self) -> dict[str, Any]:
         """Iteration 0: the verified warm-start answers (nextls_train.warmstart), written to [warmstart].answers."""
-        from nextls_train.warmstart import run_warmstart
+        from nextls_train.warmstart import VERSION, run_warmstart
 
         folder = self.config.out / "warmstart"
-        fingerprint = self.config.fingerprint("data", "filter", "warmstart")
+        fingerprint = f"{self.config.fingerprint('data', 'filter', 'warmstart')}:v{VERSION}"
         done = stage_done(folder, "warmstart", fingerprint)
         if done and self.config.resolve(self.config.warmstart.answers).exists():
             return done

@@ -1,10 +1,11 @@
 """Stage 3: LoRA fine-tuning *from the base model* on every sample kept so far (NExT Algorithm 1).
 
 The examples of iteration t are the kept samples of iterations 1..t (and the warm start's, iteration 0,
-when `[warmstart].answers` names them), deduplicated (same task, same
-rationale and code) and capped per task (`[train].max_per_task`, drawn with a seeded shuffle that prefers
-distinct fixes), optionally only for the "hard" tasks. Each example is the prompt the server sends (chat
-template applied) followed by the answer and the end-of-turn token; the loss covers the answer tokens only.
+when `[warmstart].answers` names them), less those of tasks that repeat an evaluation problem
+(`nextls_train.leaks`), deduplicated (same task, same rationale and code) and capped per task
+(`[train].max_per_task`, drawn with a seeded shuffle that prefers distinct fixes), optionally only for the
+"hard" tasks. Each example is the prompt the server sends (chat template applied) followed by the answer and
+the end-of-turn token; the loss covers the answer tokens only.
 
 peft LoRA (rank, alpha, dropout, target modules from [train]), AdamW, linear warm-up then linear decay.
 The loop runs through `accelerate`, so `accelerate launch -m nextls_train.train --config C --iteration T`
@@ -29,6 +30,7 @@ from typing import Any
 from nextls_train.config import RunConfig, load_config
 from nextls_train.data import TaskRecord
 from nextls_train.filter import KEPT, code_key
+from nextls_train.leaks import leak_reason
 from nextls_train.models import Base, answer_ids, load_tokenizer, prompt_ids, setup_torch
 from nextls_train.records import AppendLog, Logger, mark_done, read_log, repair_task, stage_done, write_jsonl
 
@@ -52,11 +54,14 @@ def collect_examples(config: RunConfig, iteration: int, tasks: dict[str, TaskRec
     """The training examples of `iteration`: kept samples of iterations 1..iteration, deduplicated, capped."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     seen: set[tuple[str, str, str]] = set()
-    stats = {"kept_so_far": 0, "duplicates": 0, "not_hard": 0, "capped": 0}
+    stats = {"kept_so_far": 0, "duplicates": 0, "held_out": 0, "not_hard": 0, "capped": 0}
     for t in range(0 if config.warmstart.answers else 1, iteration + 1):
         for row in _kept_rows(config, t):
             stats["kept_so_far"] += 1
             if row["task"] not in tasks:
+                continue
+            if leak_reason(tasks[row["task"]]):
+                stats["held_out"] += 1
                 continue
             if hard is not None and row["task"] not in hard:
                 stats["not_hard"] += 1
@@ -174,8 +179,12 @@ def train_lora(config: RunConfig, base: Base, examples: Sequence[dict[str, Any]]
     dtype = torch.float32 if accelerator.device.type == "cpu" else getattr(torch, config.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base.hf_dir), dtype=dtype)
     model.config.use_cache = False
+    layers = model.config.num_hidden_layers
+    # Adapting only the top layers spares the backward pass through the rest (frozen, no input gradients).
+    top = list(range(layers - cfg.lora_layers, layers)) if 0 < cfg.lora_layers < layers else None
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM", bias="none")
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM", bias="none",
+                      layers_to_transform=top)
     model = get_peft_model(model, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

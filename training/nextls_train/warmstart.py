@@ -6,7 +6,8 @@ trace entries on or around the changed lines, the buggy line -> the fixed line) 
 parses answers (`nextls.prompt.format_answer`). `run_warmstart` verifies each answer with the server's own
 verifier (`nextls.fix.verify_answer`, through the filter stage) and keeps the verified ones, at most
 `[warmstart].max_per_problem` of each MBPP problem: problems are visited in a seeded order of their tasks,
-and a problem's tasks stop being verified once its cap is reached. Verdicts are appended to
+and a problem's tasks stop being verified once its cap is reached. Tasks whose code equals an evaluation
+problem's are left out (`nextls_train.leaks`). Verdicts are appended to
 `<out>/warmstart/verdicts.jsonl` as they come (a killed run resumes); the kept answers go to
 `[warmstart].answers` (gzipped JSONL, rows shaped as the filter's `kept.jsonl`), which the train stage reads
 as iteration 0's kept answers.
@@ -30,9 +31,11 @@ from nextls.splice import SpliceError, find_function, function_source
 from nextls_train.config import RunConfig
 from nextls_train.data import TaskRecord
 from nextls_train.filter import TaskFiles, verify_sample
+from nextls_train.leaks import held_out_train_tasks
 from nextls_train.records import AppendLog, Logger
 
 VERDICTS = "verdicts.jsonl"
+VERSION = 2  # of the stage's choices (which tasks, which answers): a change redoes a finished stage
 VARIANTS = 27  # explain_fix's phrasings: three choices for each of its three sentences
 
 
@@ -76,6 +79,8 @@ def run_warmstart(config: RunConfig, tasks: Sequence[TaskRecord], *, log: Logger
         raise ValueError("[warmstart].answers names no output file")
     out = config.resolve(settings.answers)
     started = time.perf_counter()
+    held_out = held_out_train_tasks(tasks)
+    tasks = [task for task in tasks if task.id not in held_out]
     files = TaskFiles(tasks)
     groups = visiting_order(tasks, settings.seed)
     try:
@@ -112,7 +117,7 @@ def run_warmstart(config: RunConfig, tasks: Sequence[TaskRecord], *, log: Logger
     statuses: dict[str, int] = {}
     for item in ordered:
         statuses[item["status"]] = statuses.get(item["status"], 0) + 1
-    summary = {"verdicts": len(ordered), "statuses": statuses, "kept": len(kept),
+    summary = {"held_out": len(held_out), "verdicts": len(ordered), "statuses": statuses, "kept": len(kept),
                "problems": len({item["problem"] for item in kept}), "answers": str(out),
                "seconds": round(time.perf_counter() - started, 2)}
     log(f"warmstart: {summary}")

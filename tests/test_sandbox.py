@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from nextls.sandbox import Limits, Outcome, ProcessResult, python_argv, run_process, sandbox_dir
+from nextls.sandbox import (
+    Limits,
+    Outcome,
+    ProcessResult,
+    python_argv,
+    run_process,
+    sandbox_dir,
+    set_global_limits,
+)
 
 IS_ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(not IS_ROOT, reason="the sandbox drops privileges only when run as root")
@@ -320,8 +328,12 @@ def test_child_runs_as_an_unprivileged_sandbox_user() -> None:
 @root_only
 def test_concurrent_runs_get_distinct_sandbox_users() -> None:
     code = "import os, time; time.sleep(0.5); print(os.getuid())"
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda _: run_python(code), range(3)))
+    set_global_limits(max_processes=3)  # the default follows the core count
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(lambda _: run_python(code), range(3)))
+    finally:
+        set_global_limits()
     assert all(result.outcome is Outcome.OK for result in results)
     assert len({result.stdout for result in results}) == 3
 

@@ -167,6 +167,7 @@ def test_cli_fix_json_with_the_tiny_model(buggy_file: Path, tiny_gguf: Path) -> 
     assert done.returncode == 1, done.stderr  # random weights: no verified fix
     report = json.loads(done.stdout)
     assert report["device"].startswith("CPU")
+    assert Path(report["model"]).name == tiny_gguf.name and report["adapter"] == ""  # no adapter for this model
     assert "<|im_start|>assistant" in report["prompt"] and "# (0) s='hello', ch='l'" in report["trace"]
     assert len(report["candidates"]) == 2
     assert all(candidate["status"] in ("rejected", "failing", "partial", "duplicate")

@@ -114,6 +114,8 @@ class FixReport:
     candidates: list[FixCandidate] = field(default_factory=list)  # ranked, best first
     timings: dict[str, float] = field(default_factory=dict)
     device: str = ""  # where the model ran; "" when it was not sampled
+    model: str = ""  # the GGUF model file that was sampled, and the LoRA adapter applied on it ("": none)
+    adapter: str = ""
     search: SearchOutcome | None = None
 
     @property
@@ -126,6 +128,7 @@ class FixReport:
 
     def to_json(self) -> dict:
         return {"function": self.trace.span.qualname, "file": str(self.trace.file), "device": self.device,
+                "model": self.model, "adapter": self.adapter,
                 "tests": [result.to_json() for result in self.trace.results],
                 "traced_test": self.trace.traced_test.id if self.trace.traced_test else None,
                 "trace": self.trace.rendered, "prompt": self.prompt,
@@ -154,14 +157,15 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
                  options: FixOptions = FixOptions(), config: RunConfig = RunConfig(), tests_file: Path | None = None,
                  test_id: str | None = None, cancel: threading.Event | None = None,
                  progress: Progress | None = None,
-                 on_candidate: Callable[[FixCandidate], None] | None = None) -> FixReport:
+                 on_verified: Callable[[FixReport], None] | None = None) -> FixReport:
     """Search for small verified edits, then (when the search found none, or `options.sample_after_search`)
     sample `options.k` fixes from the model; every candidate is verified against all the tests, and all
     are ranked in one list.
 
     The model is `runtime`, or the one `load_runtime()` returns, called only when the model is sampled.
-    `source` is the file's text when it differs from the disk (an editor's unsaved buffer). `on_candidate`
-    sees each candidate as soon as it is verified (or rejected).
+    `source` is the file's text when it differs from the disk (an editor's unsaved buffer). `on_verified`
+    gets the report each time a candidate passes every test, its `candidates` then holding the verified ones
+    so far (ranked): an editor can offer the first fix while the rest of the work goes on.
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -175,6 +179,14 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
         return report
     verifier = Verifier(traced.file, traced.source, traced.span, traced.tests, config, cancel)
     candidates: list[FixCandidate] = []  # the search's best, then every model answer
+    verified: list[FixCandidate] = []
+
+    def offer(candidate: FixCandidate) -> None:
+        if candidate.verified and on_verified is not None:
+            verified.append(candidate)
+            report.candidates = sorted(verified, key=FixCandidate.rank_key)
+            on_verified(report)
+
     if options.search:
         from nextls.search import SearchOptions, run_search
 
@@ -183,7 +195,7 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
         search_options = SearchOptions(budget=options.search_budget,
                                        max_verified=1 if options.stop_at_first_verified else options.search_verified)
         report.search = run_search(traced, options=search_options, config=config, cancel=cancel,
-                                   verifier=verifier, on_candidate=on_candidate, progress=say)
+                                   verifier=verifier, on_candidate=offer, progress=say)
         report.timings["search"] = time.perf_counter() - started
         candidates += report.search.candidates
     if any(candidate.verified for candidate in candidates) and not options.sample_after_search:
@@ -194,6 +206,8 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
             raise ValueError("no model to sample fixes from: pass `runtime` or `load_runtime`")
         runtime = load_runtime()
     report.device = runtime.device
+    report.model = str(getattr(runtime, "model_path", "") or "")
+    report.adapter = str(getattr(runtime, "lora_path", "") or "")
     report.prompt = runtime.format_chat(build_messages(repair_task(traced), use_trace=options.use_trace))
     samples: list[FixCandidate] = []
 
@@ -204,8 +218,7 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
         report.timings["verify"] = report.timings.get("verify", 0.0) + time.perf_counter() - started_verify
         samples.append(candidate)
         candidates.append(candidate)
-        if on_candidate is not None:
-            on_candidate(candidate)
+        offer(candidate)
         stop = options.stop_at_first_verified and candidate.verified
         if not stop and len(samples) < options.k:
             say(f"sampling {len(samples) + 1}/{options.k}")

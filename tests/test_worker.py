@@ -156,7 +156,7 @@ def test_a_worker_is_retired_when_its_installed_packages_change(tmp_path):
     limits = Limits()
     with pool.worker(os.sys.executable, limits, dict(os.environ)) as first:
         first.info["site"] = [str(site)]
-        first.site_stamp = (site.stat().st_mtime,)
+        first.site_stamp = (site.stat().st_mtime_ns,)
     with pool.worker(os.sys.executable, limits, dict(os.environ)) as second:
         assert second is first
     (site / "newly_installed").mkdir()

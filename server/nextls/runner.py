@@ -8,12 +8,13 @@ in a fresh process. Results count only with the MAC of the run's secret (see the
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import secrets
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,7 @@ from nextls.child.nextls_harness import record_mac
 from nextls.messages import readable
 from nextls.sandbox import Limits, Outcome, ProcessResult, child_env, sandbox_dir
 from nextls.trace.model import Trace
-from nextls.worker import POOL
+from nextls.worker import POOL, TestWorker
 
 CHILD_DIR = Path(__file__).resolve().parent / "child"
 HARNESS = CHILD_DIR / "nextls_harness.py"
@@ -125,10 +126,11 @@ def run_tests(target: TargetModule, tests: Sequence[TestCase], config: RunConfig
     report = RunReport(results=[], processes=[])
     remaining = list(tests)
     while remaining:
-        with sandbox_dir() as work_dir:
+        with _run_folder(target, remaining, config, trace) as (work_dir, worker):
             secret = secrets.token_hex(16)
-            spec = _spec(target, remaining, config, Path(work_dir), trace, coverage)
-            process, trace_data = _run_child(dict(spec, secret=secret), config, Path(work_dir), trace, cancel)
+            spec = _spec(target, remaining, config, work_dir, trace, coverage)
+            process, trace_data = _run_child(dict(spec, secret=secret), config, work_dir, worker, trace, cancel,
+                                             _read_paths(target))
             report.processes.append(process)
             if process.outcome is Outcome.CANCELLED:
                 raise RunCancelled("the test run was cancelled")
@@ -214,23 +216,46 @@ def _spec(target: TargetModule, tests: Sequence[TestCase], config: RunConfig, wo
     return spec
 
 
-def _run_child(spec: dict, config: RunConfig, work_dir: Path, trace: TraceRequest | None,
-               cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
-    env = _run_env(work_dir)
+@contextlib.contextmanager
+def _run_folder(target: TargetModule, tests: Sequence[TestCase], config: RunConfig,
+                trace: TraceRequest | None) -> Iterator[tuple[Path, TestWorker | None]]:
+    """The folder a run works in, and the warm worker that will fork it (none for a debugpy trace, which
+    runs in an interpreter of its own under the debugger)."""
     if trace is not None and trace.backend == "debugpy":
+        with sandbox_dir() as work_dir:
+            yield Path(work_dir), None
+        return
+    pytest = any(test.kind == "pytest" for test in tests)
+    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR), pytest=pytest,
+                     read_paths=_read_paths(target)) as worker, worker.run_folder() as work_dir:
+        yield Path(work_dir), worker
+
+
+def _read_paths(target: TargetModule) -> list[str]:
+    """The project folders a run reads: its root, its import paths, the file's folder."""
+    return [target.root, *target.sys_path, str(Path(target.filename).parent)]
+
+
+def _run_child(spec: dict, config: RunConfig, work_dir: Path, worker: TestWorker | None, trace: TraceRequest | None,
+               cancel: threading.Event | None, read_paths: list[str]) -> tuple[ProcessResult, dict | None]:
+    env = _run_env(work_dir)
+    if worker is None:
         from nextls.trace import debugpy_backend
 
         spec_path = work_dir / "spec.json"  # the harness deletes it (it holds the secret) before user code runs
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         argv = [config.python, str(HARNESS), str(spec_path)]
-        return debugpy_backend.run_traced(argv, env, work_dir, spec["trace"], config.limits, cancel)
-    pytest = any(test["kind"] == "pytest" for test in spec["tests"])
-    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR), pytest=pytest) as worker:
-        worker.give(work_dir)
-        process = worker.run(spec, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
+        return debugpy_backend.run_traced(argv, env, work_dir, spec["trace"], config.limits, cancel,
+                                          read_paths=read_paths)
+    process = worker.run(spec, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
     trace_path = Path(spec["trace"]["out"]) if trace is not None else None
     trace_data = json.loads(trace_path.read_text("utf-8")) if trace_path and trace_path.exists() else None
     return process, trace_data
+
+
+def prestart_worker(config: RunConfig = RunConfig(), read_paths: Sequence[str] = ()) -> None:
+    """Warm a test worker for `config` in the background (pytest loaded), before the first run needs it."""
+    POOL.prestart(config.python, config.limits, _run_env(CHILD_DIR), pytest=True, read_paths=read_paths)
 
 
 def _run_env(work_dir: Path) -> dict[str, str]:

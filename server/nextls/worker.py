@@ -10,7 +10,8 @@ gets the CPU limit, its own session and capped output pipes from the worker). A 
 killed it, or it was killed) costs that run only: the pool starts a new one for the next.
 
 A worker is retired and replaced when the interpreter's installed packages change (the mtime of its
-site-packages folders), since it holds pytest and its plugins in memory.
+site-packages folders), since it holds pytest and its plugins in memory, and, running as a sandbox uid,
+when the project folders it was shown change their entries.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nextls.sandbox import Limits, Outcome, ProcessResult, SandboxedProcess, python_argv
@@ -52,15 +53,12 @@ class WorkerError(RuntimeError):
 class _Key:
     python: str
     pytest: bool
-    memory_bytes: int | None
-    max_processes: int | None
-    file_size_bytes: int | None
-    drop_privileges: bool
+    read_paths: tuple[str, ...]
+    limits: Limits  # its wall and CPU time apply per run, so they need no worker of their own
 
     @classmethod
-    def of(cls, python: str, limits: Limits, pytest: bool) -> _Key:
-        return cls(python, pytest, limits.memory_bytes, limits.max_processes, limits.file_size_bytes,
-                   limits.drop_privileges)
+    def of(cls, python: str, limits: Limits, pytest: bool, read_paths: Sequence[str]) -> _Key:
+        return cls(python, pytest, tuple(sorted(set(read_paths))), replace(limits, wall_time=0.0, cpu_time=None))
 
 
 class _Lines:
@@ -95,10 +93,11 @@ class TestWorker:
 
     __test__ = False
 
-    def __init__(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True) -> None:
+    def __init__(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+                 read_paths: Sequence[str] = ()) -> None:
         argv = python_argv(python, str(WORKER_SCRIPT), *(["--pytest"] if pytest else []))
         try:
-            self.process = SandboxedProcess(argv, env=env, limits=limits)
+            self.process = SandboxedProcess(argv, env=env, limits=limits, read_paths=read_paths)
         except (FileNotFoundError, PermissionError) as error:
             raise WorkerError(f"cannot start the test worker with {python!r}: {error.strerror}") from error
         self.lines = _Lines(self.process.stdout.fileno())
@@ -109,6 +108,11 @@ class TestWorker:
             raise WorkerError(f"the test worker for {python!r} did not start" + (f": {detail}" if detail else ""))
         self.info = json.loads(ready)
         self.site_stamp = _site_stamp(self.info.get("site", []))
+        # As a sandbox uid, a project folder the uid may not list is shown to it entry by entry, as the
+        # entries were when the worker started (see nextls.sandbox): a file added or replaced (an editor's
+        # atomic save) since then would be invisible, so such a change retires the worker.
+        self.read_paths = tuple(read_paths) if self.uid is not None else ()
+        self.read_stamp = _site_stamp(self.read_paths)
 
     @property
     def uid(self) -> int | None:
@@ -119,14 +123,12 @@ class TestWorker:
         return self.process.alive
 
     def stale(self) -> bool:
-        return _site_stamp(self.info.get("site", [])) != self.site_stamp
+        return (_site_stamp(self.info.get("site", [])) != self.site_stamp
+                or _site_stamp(self.read_paths) != self.read_stamp)
 
-    def give(self, path: str | os.PathLike[str]) -> None:
-        """Hand a run folder to the worker's uid, so its runs can write there."""
-        if self.uid is not None:
-            for root, dirs, files in os.walk(path):
-                for name in [root, *(os.path.join(root, entry) for entry in dirs + files)]:
-                    os.chown(name, self.uid, self.uid, follow_symlinks=False)
+    def run_folder(self) -> contextlib.AbstractContextManager[str]:
+        """A fresh folder for one run, the only place the run can write; removed afterwards."""
+        return self.process.subfolder()
 
     def run(self, spec: dict, *, cwd: str | os.PathLike[str], env: Mapping[str, str], limits: Limits,
             cancel: threading.Event | None = None) -> ProcessResult:
@@ -200,13 +202,14 @@ def _process_result(answer: dict, limits: Limits) -> ProcessResult:
                          answer["stdout_truncated"], answer["stderr_truncated"], answer["wall_time"])
 
 
-def _site_stamp(folders: list[str]) -> tuple[float, ...]:
+def _site_stamp(folders: Sequence[str]) -> tuple[int, ...]:
+    """The folders' modification times: one changes when an entry is added, removed or replaced."""
     stamps = []
     for folder in folders:
         try:
-            stamps.append(os.stat(folder).st_mtime)
+            stamps.append(os.stat(folder).st_mtime_ns)
         except OSError:
-            stamps.append(-1.0)
+            stamps.append(-1)
     return tuple(stamps)
 
 
@@ -221,14 +224,15 @@ class WorkerPool:
         self._closed = False
 
     @contextlib.contextmanager
-    def worker(self, python: str, limits: Limits, env: Mapping[str, str], *,
-               pytest: bool = True) -> Iterator[TestWorker]:
-        """A worker for runs under `limits` with `python`; `pytest=False` for runs without pytest tests."""
-        key = _Key.of(python, limits, pytest)
+    def worker(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+               read_paths: Sequence[str] = ()) -> Iterator[TestWorker]:
+        """A worker for runs under `limits` with `python` that may read `read_paths` (the project);
+        `pytest=False` for runs without pytest tests."""
+        key = _Key.of(python, limits, pytest, read_paths)
         worker = self._acquire(key)
         if worker is None:
             try:
-                worker = TestWorker(python, limits, env, pytest=pytest)
+                worker = TestWorker(python, limits, env, pytest=pytest, read_paths=key.read_paths)
             except BaseException:
                 self._release(key, None)
                 raise
@@ -272,6 +276,20 @@ class WorkerPool:
                 if worker is not None:
                     worker.close()
             self._condition.notify()
+
+    def prestart(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+                 read_paths: Sequence[str] = ()) -> None:
+        """Start a worker in the background, so that the first run finds it warm (a server calls this when
+        a client connects); a failure to start is logged, and the first run will report it."""
+
+        def start() -> None:
+            try:
+                with self.worker(python, limits, env, pytest=pytest, read_paths=read_paths):
+                    pass
+            except WorkerError as error:
+                logger.warning("%s", error)
+
+        threading.Thread(target=start, name="nextls-worker-prestart", daemon=True).start()
 
     def close(self) -> None:
         """Kill every idle worker (busy ones are closed when their run returns)."""

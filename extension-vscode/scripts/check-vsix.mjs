@@ -57,10 +57,27 @@ check(pkg.engines?.vscode === source.engines.vscode, `engines.vscode ${pkg.engin
 const settings = Object.keys(pkg.contributes?.configuration?.properties ?? {});
 check(settings.includes('nextls.serverPython') && settings.includes('nextls.modelPath') && settings.length >= 10, `${settings.length} settings`);
 const commands = (pkg.contributes?.commands ?? []).map((c) => c.command);
-for (const id of ['nextls.traceAtCursor', 'nextls.explainAtCursor', 'nextls.fixAtCursor', 'nextls.restartServer', 'nextls.showOutput']) {
+for (const id of ['nextls.traceAtCursor', 'nextls.explainAtCursor', 'nextls.fixAtCursor', 'nextls.restartServer', 'nextls.showOutput', 'nextls.installServer', 'nextls.rebuildForGpu']) {
   check(commands.includes(id), `command ${id}`);
 }
 check((pkg.contributes?.menus?.['editor/context'] ?? []).length === 3, 'three editor context menu entries');
+
+// the server wheel: one, and it holds every module of server/nextls (a package missing from
+// pyproject.toml's `packages` would install a server that cannot import it)
+const wheels = names.filter((n) => /^extension\/dist\/server\/nextls-[^/]+\.whl$/.test(n));
+check(wheels.length === 1, `carries one server wheel${wheels.length ? `: ${wheels.join(', ')}` : ''}`);
+if (wheels.length === 1) {
+  const inWheel = new Set(readZip(entries.get(wheels[0])).keys());
+  const serverDir = path.join('..', 'server');
+  const modules = fs
+    .readdirSync(path.join(serverDir, 'nextls'), { recursive: true })
+    .map(String)
+    .filter((n) => n.endsWith('.py') && !n.split(path.sep).includes('__pycache__'))
+    .map((n) => `nextls/${n.split(path.sep).join('/')}`);
+  const missing = modules.filter((m) => !inWheel.has(m));
+  check(missing.length === 0, `the wheel has all ${modules.length} modules of server/nextls${missing.length ? `; missing: ${missing.join(', ')}` : ''}`);
+  check([...inWheel].some((n) => /^nextls-[^/]+\.dist-info\/METADATA$/.test(n)), 'the wheel has its METADATA');
+}
 
 const manifest = entries.get('extension.vsixmanifest')?.toString('utf8') ?? '';
 check(/<Identity[^>]*Id="nextls"[^>]*Version="[^"]+"[^>]*Publisher="nextls"/.test(manifest) || /<Identity[^>]*Publisher="nextls"/.test(manifest), 'vsixmanifest identity');

@@ -1,8 +1,10 @@
 /**
  * Starts, restarts and stops `<python> -m nextls serve --stdio` through vscode-languageclient, and
  * hooks the few places where the client adds something: the `nextls` configuration the server pulls,
- * work-done progress and error messages for the status bar, and the rationale of a resolved quick fix.
+ * work-done progress and error messages for the status bar, the rationale of a resolved quick fix, and
+ * installing (or upgrading) the server from the wheel this extension carries when the Python lacks it.
  */
+import * as fs from 'node:fs';
 import * as vscode from 'vscode';
 import {
   CloseAction,
@@ -22,14 +24,30 @@ import {
 import { CLIENT_COMMANDS } from './commands';
 import { SECTION, type ServerConfiguration, configurationItem, expandPath, toServerConfiguration } from './config';
 import {
+  INSTALL_TARGETS,
+  type InstallTarget,
+  RUNTIME_PACKAGE,
+  bundledWheel,
+  commandLine,
+  detectGpu,
+  gpuRebuildPlan,
+  installPlan,
+  needsUpgrade,
+  sha256,
+  upgradePlan,
+  venvPython,
+} from './install';
+import { type Installer } from './installer';
+import {
   type Interpreter,
   type PythonExtensionApi,
   describe,
-  pipInstallCommands,
   probeServer,
   resolveInterpreter,
+  runProcess,
   serverCommand,
 } from './interpreter';
+import { SERVER_STDIO } from './serverLog';
 import { type ShowRationaleArgument, rationaleCommand } from './rationale';
 import { type ProgressValue, type StatusModel, deviceFrom } from './status';
 
@@ -62,10 +80,15 @@ export class ServerManager implements vscode.Disposable {
   private crashes: number[] = [];
   /** The server registered for workspace/didChangeConfiguration (vscode-languageclient then sends it). */
   private serverSyncsConfiguration = false;
+  /** An install, upgrade or rebuild runs: starting the server waits for its end. */
+  private installing = false;
 
   constructor(
     private readonly output: vscode.LogOutputChannel,
     private readonly status: StatusModel,
+    private readonly installer: Installer,
+    /** The extension's folder: the server wheel is in it. */
+    private readonly extensionDir: string,
     /** Called with each resolved fix's rationale command argument, before VS Code applies its edit. */
     private readonly onFixResolved: (argument: ShowRationaleArgument) => void = () => undefined,
     private readonly showRationaleCommand = CLIENT_COMMANDS.showRationale,
@@ -138,15 +161,24 @@ export class ServerManager implements vscode.Disposable {
     return client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
   }
 
-  private async doStart(): Promise<void> {
-    this.status.setPhase('starting');
-    const serverPython = readServerPythonSetting();
-    const interpreter = await resolveInterpreter({
-      setting: serverPython,
+  /** The server's Python: `nextls.serverPython`, the private venv when chosen and made, the Python extension's, python3. */
+  private async resolve(withPrivateVenv = true): Promise<Interpreter> {
+    const venv = venvPython(this.installer.privateVenvDir);
+    return resolveInterpreter({
+      setting: readServerPythonSetting(),
+      privateVenv: withPrivateVenv && readInstallTarget() === 'privateVenv' && fs.existsSync(venv) ? venv : undefined,
       pythonExtension: pythonExtensionApi,
       resource: vscode.workspace.workspaceFolders?.[0]?.uri,
       log: (message) => this.output.info(message),
     });
+  }
+
+  private async doStart(): Promise<void> {
+    if (this.installing) {
+      return; // the install restarts the server when it ends
+    }
+    this.status.setPhase('starting');
+    const interpreter = await this.resolve();
     this.interpreter = interpreter;
     this.status.interpreter = describe(interpreter);
     this.output.info(`server Python: ${describe(interpreter)}`);
@@ -154,17 +186,28 @@ export class ServerManager implements vscode.Disposable {
     const probe = await probeServer(interpreter);
     if (!probe.ok) {
       this.output.error(`cannot start the server with ${describe(interpreter)}: ${probe.detail}`);
+      if (probe.reason === 'no-package') {
+        const message = `NExT: the nextls server is not installed in ${describe(interpreter)}.`;
+        this.status.setPhase('error', message);
+        void this.offerInstall(message, interpreter);
+        return;
+      }
       const message =
         probe.reason === 'no-python'
-          ? `NExT: cannot run the server's Python "${interpreter.command}". Set "nextls.serverPython" or select an interpreter.`
-          : probe.reason === 'no-package'
-            ? `NExT: the nextls package is not installed in ${describe(interpreter)}. Install it with: ${pipInstallCommands(interpreter).join(' && ')}`
-            : `NExT: the server's Python ${describe(interpreter)} failed: ${probe.detail.split('\n').slice(-1)[0]}`;
+          ? `NExT: cannot run the server's Python "${interpreter.command}". Install Python 3.10+, set "nextls.serverPython" or select an interpreter.`
+          : `NExT: the server's Python ${describe(interpreter)} failed: ${probe.detail.split('\n').slice(-1)[0]}`;
       this.status.setPhase('error', message);
-      void this.notifyStartFailure(message, probe.reason === 'no-package' ? interpreter : undefined);
+      void this.notifyStartFailure(message);
       return;
     }
     this.output.info(`nextls ${probe.version}`);
+    const wheel = bundledWheel(this.extensionDir);
+    if (wheel !== undefined && needsUpgrade(probe.origin, { path: wheel, sha256: sha256(wheel) })) {
+      // installed from another version of this extension: upgrading the extension upgrades the server
+      this.output.info(`nextls in ${describe(interpreter)} was installed from ${probe.origin?.url}: upgrading it to ${wheel}`);
+      await this.whileInstalling(() => this.installer.run('upgrading the server', interpreter, upgradePlan(interpreter, wheel)));
+      this.status.setPhase('starting');
+    }
 
     const launch = serverCommand(interpreter);
     const serverOptions: ServerOptions = {
@@ -202,6 +245,8 @@ export class ServerManager implements vscode.Disposable {
     return {
       documentSelector: DOCUMENT_SELECTOR,
       outputChannel: this.output,
+      // server log records at their own level (the default logs every stderr line as an error)
+      stdioOptions: SERVER_STDIO,
       initializationOptions: readServerConfiguration(),
       errorHandler: {
         error: (error: Error, _message: Message | undefined, count: number | undefined): ErrorHandlerResult => {
@@ -301,22 +346,113 @@ export class ServerManager implements vscode.Disposable {
     }
   }
 
-  private async notifyStartFailure(message: string, missingIn?: Interpreter): Promise<void> {
-    const actions = ['Open Settings', 'Show Output'];
-    if (missingIn !== undefined) {
-      actions.unshift('Install with pip', 'Copy pip Command');
-    }
-    const choice = await vscode.window.showErrorMessage(message, ...actions);
+  private async notifyStartFailure(message: string): Promise<void> {
+    const choice = await vscode.window.showErrorMessage(message, 'Open Settings', 'Show Output');
     if (choice === 'Open Settings') {
       await vscode.commands.executeCommand('workbench.action.openSettings', 'nextls.serverPython');
     } else if (choice === 'Show Output') {
       this.output.show(true);
-    } else if (choice === 'Copy pip Command' && missingIn !== undefined) {
-      await vscode.env.clipboard.writeText(pipInstallCommands(missingIn).join(' && '));
-    } else if (choice === 'Install with pip' && missingIn !== undefined) {
-      const terminal = vscode.window.createTerminal('NExT: install nextls');
-      terminal.show();
-      terminal.sendText(pipInstallCommands(missingIn).join(' && '));
+    }
+  }
+
+  /** The server is missing from `interpreter`: offer to install it from the wheel this extension carries. */
+  private async offerInstall(message: string, interpreter: Interpreter): Promise<void> {
+    if (bundledWheel(this.extensionDir) === undefined) {
+      await this.notifyStartFailure(
+        `${message} This build of the extension carries no server wheel: install nextls from a clone (python -m pip install -e <clone>).`,
+      );
+      return;
+    }
+    const target = interpreter.source === 'setting' ? 'interpreter' : readInstallTarget();
+    const choices = { ask: [INSTALL_HERE, INSTALL_PRIVATE], interpreter: [INSTALL_HERE], privateVenv: [INSTALL_PRIVATE] }[target];
+    const where = {
+      ask: 'into that Python, or into a venv of its own',
+      interpreter: 'into that Python',
+      privateVenv: `into a venv of its own (${this.installer.privateVenvDir})`,
+    }[target];
+    const choice = await vscode.window.showErrorMessage(
+      `${message} Install it from this extension ${where}? This also installs the model runtime (${RUNTIME_PACKAGE}, built from source the first time: 6-11 minutes on 2 cores) and the default model.`,
+      ...choices,
+      'Open Settings',
+    );
+    if (choice === INSTALL_HERE || choice === INSTALL_PRIVATE) {
+      await this.install(choice === INSTALL_PRIVATE ? 'privateVenv' : 'interpreter');
+    } else if (choice === 'Open Settings') {
+      await vscode.commands.executeCommand('workbench.action.openSettings', 'nextls.serverInstall');
+    }
+  }
+
+  /**
+   * Installs the server from the bundled wheel into the server's Python, or into the extension's own venv
+   * (made from that Python), remembers the choice (`nextls.serverInstall`), and restarts the server.
+   */
+  async install(target: Exclude<InstallTarget, 'ask'>): Promise<void> {
+    const wheel = bundledWheel(this.extensionDir);
+    if (wheel === undefined) {
+      void this.notifyStartFailure('NExT: this build of the extension carries no server wheel (npm run package builds one).');
+      return;
+    }
+    await this.stop();
+    const base = await this.resolve(false);
+    const venvDir = target === 'privateVenv' && base.source !== 'setting' ? this.installer.privateVenvDir : undefined;
+    const plan = installPlan(base, wheel, venvDir);
+    const ok = await this.whileInstalling(async () => {
+      if (readServerPythonSetting() === '' && readInstallTarget() !== target) {
+        await vscode.workspace.getConfiguration(SECTION).update('serverInstall', target, vscode.ConfigurationTarget.Global);
+      }
+      this.output.info(`installing the server: ${plan.steps.map(commandLine).join(' && ')}`);
+      return this.installer.run(`installing the server into ${describe(plan.python)}`, base, plan, venvDir !== undefined);
+    });
+    await this.afterInstall(ok, 'installing the server failed: see the output');
+  }
+
+  /**
+   * Reinstalls llama-cpp-python (same version) built for the GPU found here: CUDA (nvidia-smi), Metal
+   * (Apple silicon), else Vulkan; then the status bar shows the device.
+   */
+  async rebuildRuntimeForGpu(): Promise<void> {
+    const python = this.interpreter ?? (await this.resolve());
+    const version = await pythonOutput(python, `from importlib.metadata import version; print(version("${RUNTIME_PACKAGE}"))`);
+    if (version === undefined) {
+      void this.notifyStartFailure(`NExT: ${RUNTIME_PACKAGE} is not installed in ${describe(python)}: install the server first.`);
+      return;
+    }
+    const gpu = await detectGpu(runProcess);
+    this.output.info(`GPU build for ${gpu.backend}: ${gpu.evidence}`);
+    await this.stop();
+    const ok = await this.whileInstalling(() =>
+      this.installer.run(`rebuilding ${RUNTIME_PACKAGE} for ${gpu.backend}`, python, gpuRebuildPlan(python, gpu.backend, version)),
+    );
+    if (ok) {
+      const offload = await pythonOutput(python, 'import llama_cpp; print(bool(llama_cpp.llama_supports_gpu_offload()))');
+      if (offload === 'True') {
+        this.status.setModel(undefined, `GPU (${gpu.backend} build of ${RUNTIME_PACKAGE}; nextls.gpuLayers decides how many layers)`);
+        void vscode.window.showInformationMessage(`NExT: ${RUNTIME_PACKAGE} ${version} now runs the model on the GPU (${gpu.backend}).`);
+      } else {
+        const message = `the rebuilt ${RUNTIME_PACKAGE} reports no GPU offload support (${gpu.evidence}); the model stays on the CPU`;
+        this.output.warn(message);
+        void vscode.window.showWarningMessage(`NExT: ${message}.`);
+      }
+    }
+    await this.afterInstall(ok, `rebuilding ${RUNTIME_PACKAGE} for ${gpu.backend} failed: see the output`);
+  }
+
+  private async whileInstalling(work: () => Promise<boolean>): Promise<boolean> {
+    this.installing = true;
+    this.status.setPhase('installing');
+    try {
+      return await work();
+    } finally {
+      this.installing = false;
+    }
+  }
+
+  private async afterInstall(ok: boolean, failure: string): Promise<void> {
+    if (ok) {
+      this.status.clearError();
+      await this.start();
+    } else {
+      this.status.setPhase('error', failure);
     }
   }
 
@@ -324,6 +460,20 @@ export class ServerManager implements vscode.Disposable {
     void this.stop();
     this.clientListener?.dispose();
   }
+}
+
+const INSTALL_HERE = 'Install';
+const INSTALL_PRIVATE = 'Install in a Private Venv';
+
+export function readInstallTarget(): InstallTarget {
+  const value = vscode.workspace.getConfiguration(SECTION).get<string>('serverInstall', 'ask');
+  return (INSTALL_TARGETS as readonly string[]).includes(value) ? (value as InstallTarget) : 'ask';
+}
+
+/** What `python -c code` prints, trimmed; undefined when it fails. */
+async function pythonOutput(python: Interpreter, code: string): Promise<string | undefined> {
+  const result = await runProcess(python.command, [...python.prefixArgs, '-c', code], 60000);
+  return result.code === 0 ? result.stdout.trim() : undefined;
 }
 
 export function readServerPythonSetting(): string {

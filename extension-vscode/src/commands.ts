@@ -38,6 +38,10 @@ export interface CommandHost {
   /** `workspace/executeCommand` on the running server. */
   executeOnServer(command: string, args: unknown[]): Promise<unknown>;
   restart(): Promise<void>;
+  /** Installs the server from the bundled wheel (asks where when `nextls.serverInstall` is "ask"). */
+  installServer(): Promise<void>;
+  /** Rebuilds llama-cpp-python for the GPU found on this machine. */
+  rebuildForGpu(): Promise<void>;
   showOutput(): void;
   /** Shows what a command returned (markdown panel); nothing for an empty result. */
   showResult(kind: CursorCommand, document: vscode.Uri, result: unknown): Promise<void>;
@@ -74,6 +78,8 @@ export function registerCommands(host: CommandHost): vscode.Disposable[] {
     vscode.commands.registerCommand(CLIENT_COMMANDS.fix, atCursor('fix')),
     vscode.commands.registerCommand(CLIENT_COMMANDS.restart, () => host.restart()),
     vscode.commands.registerCommand(CLIENT_COMMANDS.showOutput, () => host.showOutput()),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.installServer, () => host.installServer()),
+    vscode.commands.registerCommand(CLIENT_COMMANDS.rebuildForGpu, () => host.rebuildForGpu()),
     vscode.commands.registerCommand(CLIENT_COMMANDS.showRationale, (arg: unknown) => host.showRationale(arg)),
   ];
 }

@@ -40,6 +40,8 @@ export const SCHEMA = {
   contextSize: { kind: 'int', default: 4096, min: 256 },
   seed: { kind: 'int', default: 0 },
   stopAtFirstVerified: { kind: 'bool', default: true },
+  search: { kind: 'bool', default: true },
+  searchBudget: { kind: 'number', default: 20 },
   // running the user's tests
   python: { kind: 'path', default: '' },
   testDiscovery: { kind: 'enum', default: 'auto', values: TEST_DISCOVERY_MODES },
@@ -73,9 +75,9 @@ export const DEFAULTS: Readonly<ServerConfiguration> = Object.freeze(
 );
 
 /** Settings the client keeps to itself (never sent: the server warns about unknown keys). */
-export const CLIENT_ONLY_KEYS = ['serverPython'] as const;
+export const CLIENT_ONLY_KEYS = ['serverPython', 'serverInstall'] as const;
 /** Settings whose change needs a new server process rather than a configuration refresh. */
-export const RESTART_KEYS = ['serverPython'] as const;
+export const RESTART_KEYS = ['serverPython', 'serverInstall'] as const;
 
 /** Reads one setting of the section (`get('k')` for `nextls.k`); undefined when unset. */
 export type SettingsReader = (key: string) => unknown;

@@ -5,6 +5,7 @@
  */
 import * as vscode from 'vscode';
 import { ServerManager } from './client';
+import { Installer } from './installer';
 import { CURSOR_TITLES, type CommandHost, type CursorCommand, SERVER_COMMANDS, registerCommands } from './commands';
 import { SECTION, classifyChange } from './config';
 import { MarkdownPanel } from './panel';
@@ -38,7 +39,7 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
   const panel = new MarkdownPanel();
 
   /** The rationale of an applied fix, and the applied change, in the panel beside the editor. */
-  const showRationale = async ({ info, uri, before, then }: ShowRationaleArgument): Promise<void> => {
+  const showRationale = async ({ info, uri, before, then, applied }: ShowRationaleArgument): Promise<void> => {
     output.info(`showing the rationale of the fix of ${info.title ?? '?'}`);
     let diff: string | undefined;
     if (uri !== undefined && before !== undefined) {
@@ -47,7 +48,7 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
         diff = unifiedDiff(before, after, vscode.Uri.parse(uri).path.split('/').pop());
       }
     }
-    await panel.show(`NExT rationale${info.title ? `: ${info.title}` : ''}`, rationaleMarkdown(info, diff));
+    await panel.show(`NExT rationale${info.title ? `: ${info.title}` : ''}`, rationaleMarkdown(info, diff, applied ?? true));
     // the server's own nextls.showRationale would repeat the rationale as a message: the panel has it
     if (then !== undefined && then.command !== SERVER_COMMANDS.showRationale) {
       await vscode.commands.executeCommand(then.command, ...(then.arguments ?? []));
@@ -56,7 +57,14 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
   const pending = new PendingRationales((argument) => {
     showRationale(argument).catch((error: unknown) => output.error(`showing the rationale: ${String(error)}`));
   });
-  const manager = new ServerManager(output, status, (argument) => pending.arm(argument));
+  const installer = new Installer(output, context.globalStorageUri.fsPath);
+  const manager = new ServerManager(output, status, installer, context.extensionPath, (argument) => {
+    const armed = pending.arm(argument);
+    if (armed.applied === false) {
+      // no edit to wait for, and VS Code may drop the command of a slow resolve: show it now
+      pending.commandRan(armed);
+    }
+  });
 
   const host: CommandHost = {
     executeOnServer: (command, args) => manager.executeCommand(command, args),
@@ -64,6 +72,19 @@ export function activate(context: vscode.ExtensionContext): NextlsApi {
       status.clearError();
       await manager.restart();
     },
+    installServer: async () => {
+      const choice = await vscode.window.showQuickPick(
+        [
+          { label: 'Install', target: 'interpreter' as const, detail: "into the server's Python" },
+          { label: 'Install in a Private Venv', target: 'privateVenv' as const, detail: 'into a venv the extension makes and owns' },
+        ],
+        { title: 'NExT: install the server' },
+      );
+      if (choice !== undefined) {
+        await manager.install(choice.target);
+      }
+    },
+    rebuildForGpu: () => manager.rebuildRuntimeForGpu(),
     showOutput: () => output.show(true),
     showResult: async (kind: CursorCommand, document: vscode.Uri, result: unknown) => {
       // fix results say where the model ran; explanations say it in their origin ("x.gguf on CPU, unverified")

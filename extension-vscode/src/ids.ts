@@ -6,6 +6,8 @@ export const CLIENT_COMMANDS = {
   fix: 'nextls.fixAtCursor',
   restart: 'nextls.restartServer',
   showOutput: 'nextls.showOutput',
+  installServer: 'nextls.installServer',
+  rebuildForGpu: 'nextls.rebuildForGpu',
   showRationale: 'nextls.client.showRationale',
 } as const;
 

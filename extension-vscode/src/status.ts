@@ -3,7 +3,7 @@
  * last error. Pure (no `vscode` import): `render()` gives text and tooltip, the extension applies them.
  */
 
-export type Phase = 'stopped' | 'starting' | 'ready' | 'error';
+export type Phase = 'stopped' | 'starting' | 'installing' | 'ready' | 'error';
 
 export interface ProgressBegin {
   kind: 'begin';
@@ -156,6 +156,9 @@ export class StatusModel {
 
     if (this.phase === 'starting') {
       return { text: '$(loading~spin) NExT', tooltip, severity: 'busy' };
+    }
+    if (this.phase === 'installing') {
+      return { text: '$(cloud-download) NExT: installing', tooltip, severity: 'busy' };
     }
     if (this.phase === 'stopped') {
       return { text: '$(circle-slash) NExT', tooltip, severity: 'normal' };

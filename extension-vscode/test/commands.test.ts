@@ -38,6 +38,8 @@ function host(result: unknown = 'def f(x):  # (0) x=1\n', fail?: Error) {
         return result;
       },
       restart: async () => void events.push('restart'),
+      installServer: async () => void events.push('install'),
+      rebuildForGpu: async () => void events.push('gpu'),
       showOutput: () => void events.push('output'),
       showResult: async (kind: string, uri: unknown, value: unknown) => void shown.push([kind, String(uri), value]),
       showRationale: async (arg: unknown) => void events.push(`rationale:${JSON.stringify(arg)}`),
@@ -122,13 +124,15 @@ describe('command wiring', () => {
     assert.equal(h.shown.length, 0);
   });
 
-  test('restart, show output and show rationale reach the host', async () => {
+  test('restart, install, GPU rebuild, show output and show rationale reach the host', async () => {
     const h = host();
     disposables = commands.registerCommands(h.host as never);
     await vscode.commands.executeCommand(commands.CLIENT_COMMANDS.restart);
+    await vscode.commands.executeCommand(commands.CLIENT_COMMANDS.installServer);
+    await vscode.commands.executeCommand(commands.CLIENT_COMMANDS.rebuildForGpu);
     await vscode.commands.executeCommand(commands.CLIENT_COMMANDS.showOutput);
     await vscode.commands.executeCommand(commands.CLIENT_COMMANDS.showRationale, { info: { rationale: 'r' } });
-    assert.deepEqual(h.events, ['restart', 'output', 'rationale:{"info":{"rationale":"r"}}']);
+    assert.deepEqual(h.events, ['restart', 'install', 'gpu', 'output', 'rationale:{"info":{"rationale":"r"}}']);
   });
 });
 

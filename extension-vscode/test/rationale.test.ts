@@ -21,8 +21,11 @@ describe('rationale of a quick fix', () => {
     const command = rationaleCommand('nextls.client.showRationale', { uri: 'file:///a.py', resolved: true, device: 'CPU', ...payload }, server, 'file:///a.py', 'old text');
     assert.equal(command?.command, 'nextls.client.showRationale');
     assert.deepEqual(command?.arguments, [
-      { info: { rationale: 'Skip s[i].', title: 'remove_Occ', diff: '-a\n+b\n', details: ['3/3 tests pass'] }, uri: 'file:///a.py', before: 'old text', then: server },
+      { info: { rationale: 'Skip s[i].', title: 'remove_Occ', diff: '-a\n+b\n', details: ['3/3 tests pass'] }, uri: 'file:///a.py', before: 'old text', then: server, applied: true },
     ]);
+    // an unverified best candidate: no edit, so nothing is applied
+    const unverified = rationaleCommand('nextls.client.showRationale', { ...payload, passed: 2 }, server);
+    assert.equal((unverified?.arguments?.[0] as { applied?: boolean }).applied, false);
     // no rationale (e.g. "nothing to fix" / nextls.showMessage): the server's command stays
     const message = { title: 'm', command: 'nextls.showMessage', arguments: ['all tests pass'] };
     assert.equal(rationaleCommand('x', { uri: 'file:///a.py', resolved: true }, message), undefined);
@@ -51,7 +54,10 @@ describe('rationale of a quick fix', () => {
     const md = rationaleMarkdown({ rationale: 'Because.', title: 'f' }, '--- a\n+++ b\n');
     assert.match(md, /^# NExT fix: `f`/);
     assert.match(md, /Because\./);
-    assert.match(md, /```diff\n--- a\n\+\+\+ b\n```/);
+    assert.match(md, /## Applied change\n\n```diff\n--- a\n\+\+\+ b\n```/);
+    const proposed = rationaleMarkdown({ rationale: 'Because.', diff: '-x\n+y\n', details: ['2/3 tests pass'] }, undefined, false);
+    assert.match(proposed, /## Best change found \(not applied: it does not pass every test\)/);
+    assert.doesNotMatch(proposed, /Applied change/);
   });
 
   test('command results become markdown, empty ones nothing', () => {

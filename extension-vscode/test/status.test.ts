@@ -65,4 +65,16 @@ describe('status bar', () => {
     assert.equal(status.render().text, '$(error) NExT');
     assert.match(status.render().tooltip, /nextls is not installed/);
   });
+
+  test('installing: its own text, busy; the device found by a GPU rebuild stays after the restart', () => {
+    const status = new StatusModel();
+    status.setPhase('installing');
+    assert.equal(status.render().text, '$(cloud-download) NExT: installing');
+    assert.equal(status.render().severity, 'busy');
+    status.setModel(undefined, 'GPU (CUDA build of llama-cpp-python; nextls.gpuLayers decides how many layers)');
+    status.setPhase('starting');
+    status.setPhase('ready');
+    assert.equal(status.render().text, '$(beaker) NExT GPU');
+    assert.match(status.render().tooltip, /CUDA build of llama-cpp-python/);
+  });
 });

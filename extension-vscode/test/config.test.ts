@@ -42,6 +42,8 @@ describe('settings -> server configuration', () => {
       contextSize: 2048,
       seed: 7,
       stopAtFirstVerified: false,
+      search: false,
+      searchBudget: 5,
       python: '/usr/bin/python3.12',
       testDiscovery: 'pytest',
       testTimeout: 2.5,

@@ -58,7 +58,18 @@ class _Key:
 
     @classmethod
     def of(cls, python: str, limits: Limits, pytest: bool, read_paths: Sequence[str]) -> _Key:
-        return cls(python, pytest, tuple(sorted(set(read_paths))), replace(limits, wall_time=0.0, cpu_time=None))
+        return cls(python, pytest, _outermost(read_paths), replace(limits, wall_time=0.0, cpu_time=None))
+
+
+def _outermost(paths: Sequence[str]) -> tuple[str, ...]:
+    """The folders of `paths` not inside another one of them: a worker shown a project's root also reads
+    its subfolders, so runs of one project share a worker whichever file they test."""
+    folders = sorted({os.path.realpath(path) for path in paths if path})
+    outer: list[str] = []
+    for folder in folders:  # sorted: a folder comes right after the ones it may be inside
+        if not any(folder == kept or folder.startswith(kept.rstrip(os.sep) + os.sep) for kept in outer):
+            outer.append(folder)
+    return tuple(outer)
 
 
 class _Lines:

@@ -124,6 +124,56 @@ def test_nothing_to_fix_asks_no_model(tmp_path: Path) -> None:
     assert report.candidates == [] and runtime.prompts == [] and not report.trace.failing
 
 
+def test_the_search_fixes_first_and_the_model_is_not_asked(buggy_file: Path) -> None:
+    runtime = ScriptedRuntime([format_answer("", GOOD_FIX)])
+    offered = []
+    report = fix_function(buggy_file, "remove_Occ", runtime, on_verified=lambda partial: offered.append(
+        [candidate.label for candidate in partial.candidates]))
+    best = report.best
+    assert best.source == "search" and best.verified and best.description == "line 12: `s[i:]` -> `s[i + 1:]`"
+    assert best.new_source == (EXAMPLES / "remove_occ.py").read_text().replace("s[0:i] + s[i:]", "s[0:i] + s[i + 1:]")
+    assert runtime.prompts == [] and report.device == "" and "generate" not in report.timings
+    assert offered and offered[0] == [best.label]  # offered as soon as it was verified
+    assert report.search.tried >= 1 and report.search.suspicious[0].line == 12
+
+
+def test_the_model_is_sampled_when_the_search_finds_nothing(tmp_path: Path) -> None:
+    file = tmp_path / "tax.py"
+    file.write_text("def with_tax(price):\n    return price\n\n\nassert with_tax(100) == 110\n"
+                    "assert with_tax(20) == 22\n")
+    answer = format_answer("Add the 10% tax.", "def with_tax(price):\n    return round(price * 1.1)")
+    runtime = ScriptedRuntime([answer])
+    report = fix_function(file, "with_tax", runtime, options=FixOptions(k=1, search_budget=60))
+    assert report.search.stopped == "exhausted" and report.search.tried > 0
+    assert report.best.source == "model" and report.best.verified and report.best.description == ""
+    assert len(runtime.prompts) == 1 and report.device == "scripted"
+
+
+def test_one_ranked_list_when_both_are_asked(buggy_file: Path) -> None:
+    rewrite = ('def remove_Occ(s, ch):\n    first = s.find(ch)\n    if first != -1:\n'
+               '        s = s[:first] + s[first + 1:]\n    last = s.rfind(ch)\n    if last != -1:\n'
+               '        s = s[:last] + s[last + 1:]\n    return s\n')
+    runtime = ScriptedRuntime([format_answer("Rewritten.", rewrite), format_answer("Other.", PARTIAL_FIX)])
+    report = fix_function(buggy_file, "remove_Occ", runtime,
+                          options=FixOptions(k=2, sample_after_search=True, search_verified=1))
+    sources = [(candidate.source, candidate.status) for candidate in report.candidates]
+    # verified first, the one-line edit before the model's rewrite; then the partial answer
+    assert sources == [("search", "verified"), ("model", "verified"), ("model", "partial")]
+    document = json.loads(json.dumps(report.to_json()))
+    first = document["candidates"][0]
+    assert first["source"] == "search" and first["description"].startswith("line 12: ") and first["seed"] is None
+    assert document["search"]["suspicious"][0]["line"] == 12
+
+
+def test_a_model_answer_equal_to_a_search_fix_is_verified_once(buggy_file: Path) -> None:
+    same_as_search = GOOD_FIX.replace("s = s[0:i] + s[i + 1:]", "s = s[0:i]   +   s[i + 1:]  # spaced")
+    runtime = ScriptedRuntime([format_answer("Same edit.", same_as_search)])
+    report = fix_function(buggy_file, "remove_Occ", runtime,
+                          options=FixOptions(k=1, sample_after_search=True, search_verified=1))
+    [sample] = [candidate for candidate in report.candidates if candidate.source == "model"]
+    assert sample.status == "duplicate" and sample.reason.startswith("same code as search ")
+
+
 def test_apply_fix_is_atomic_and_keeps_a_backup(buggy_file: Path) -> None:
     original = buggy_file.read_text()
     backup = apply_fix(buggy_file, original.replace("s[i:]", "s[i + 1:]"))
@@ -175,6 +225,17 @@ def test_cli_fix_json_with_the_tiny_model(buggy_file: Path, tiny_gguf: Path) -> 
     assert "not applied" in done.stderr and "sampling 2/2" in done.stderr
     assert buggy_file.read_text() == (EXAMPLES / "remove_occ.py").read_text()
     assert not buggy_file.with_name(buggy_file.name + ".nextls.bak").exists()
+
+
+def test_cli_fix_finds_the_examples_fix_by_search_without_a_model(buggy_file: Path, tmp_path: Path) -> None:
+    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--model", str(tmp_path / "never-loaded.gguf"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    best = report["candidates"][0]
+    assert best["source"] == "search" and best["status"] == "verified" and report["device"] == ""
+    assert best["description"] == "line 12: `s[i:]` -> `s[i + 1:]`" and "s[i + 1:]" in best["rationale"]
+    done = run_cli("fix", f"{buggy_file}::remove_Occ", "--search-budget", "0")
+    assert done.returncode == 2 and "--search-budget" in done.stderr
 
 
 def test_cli_fix_with_smollm2_prints_trace_candidates_and_results(buggy_file: Path) -> None:

@@ -262,7 +262,7 @@ async def test_failing_function_gets_a_diagnostic_and_a_verified_quick_fix(tmp_p
     file = root / "remove_occ.py"
     original = file.read_text()
     env = scripted(tmp_path, "No idea.", format_answer(RATIONALE, GOOD_FIX))
-    async with session(root, {"k": 3, "stopAtFirstVerified": True}, env) as s:
+    async with session(root, {"k": 3, "stopAtFirstVerified": True, "search": False}, env) as s:
         uri = s.open(file)
         [diagnostic] = await s.diagnostics(uri)
         assert diagnostic.source == "nextls" and diagnostic.severity == types.DiagnosticSeverity.Error
@@ -282,8 +282,8 @@ async def test_failing_function_gets_a_diagnostic_and_a_verified_quick_fix(tmp_p
         assert [action.title for action in await s.code_actions(uri, line=9)] == [lazy.title]
 
         resolved = await asyncio.wait_for(s.client.code_action_resolve_async(lazy), TIMEOUT)
-        assert resolved.title == "Fix with NExT: The second loop keeps `s[i]`: the trace shows `s` unchanged at " \
-                                 "that… (passes 3/3 tests)"
+        assert resolved.title == "Fix with NExT (model): The second loop keeps `s[i]`: the trace shows `s` " \
+                                 "unchanged at that… (passes 3/3 tests)"
         assert resolved.is_preferred is True
         [change] = resolved.edit.document_changes
         assert change.text_document.version == 1
@@ -318,6 +318,29 @@ async def test_failing_function_gets_a_diagnostic_and_a_verified_quick_fix(tmp_p
         result = await s.command("nextls.fixFunction", {"uri": uri, "line": 9, "apply": True})
         assert result["applied"] is True and result["status"] == "verified" and result["rationale"] == RATIONALE
         assert s.applied_edits == [resolved.edit]
+
+
+@pytest.mark.asyncio
+async def test_the_search_offers_its_verified_fix_without_waiting_for_the_model(tmp_path: Path) -> None:
+    root = workspace(tmp_path, "remove_occ.py")
+    file = root / "remove_occ.py"
+    env = scripted(tmp_path, format_answer(RATIONALE, GOOD_FIX), delay_s=60.0)  # a model far too slow to wait for
+    async with session(root, {"k": 2, "traceBackend": "inprocess"}, env) as s:
+        uri = s.open(file)
+        [diagnostic] = await s.diagnostics(uri)
+        [lazy] = await s.code_actions(uri, diagnostic)
+        assert lazy.title == ("Fix with NExT: search edits of remove_Occ, else sample 2 fix(es), and verify them "
+                              "(3 failing tests)")
+        resolved = await asyncio.wait_for(s.client.code_action_resolve_async(lazy), TIMEOUT)
+        assert resolved.title == "Fix with NExT (search): line 12: `s[i:]` -> `s[i + 1:]` (passes 3/3 tests)"
+        assert resolved.is_preferred and resolved.data["source"] == "search"
+        assert "s[i + 1:]" in resolved.data["rationale"] and "'helo'" in resolved.data["rationale"]
+        fixed = apply_edit(file.read_text(), resolved.edit, uri)
+        assert fixed == file.read_text().replace("s = s[0:i] + s[i:]", "s = s[0:i] + s[i + 1:]")
+        [fix_progress] = await s.wait(lambda: s.ended("NExT: fixing remove_Occ") and s.progress("NExT: fixing"),
+                                      "the fix job to end")
+        messages = [report.message or "" for report in fix_progress]
+        assert "searching" in messages and not [message for message in messages if message.startswith("sampling")]
 
 
 @pytest.mark.asyncio
@@ -387,7 +410,7 @@ async def test_tiny_model_plumbing_garbage_answers_are_not_offered_as_fixes(tmp_
     root = workspace(tmp_path, "remove_occ.py")
     file = root / "remove_occ.py"
     settings = {"modelPath": str(tiny_gguf), "k": 2, "maxTokens": 24, "threads": 1, "contextSize": 2048,
-                "traceBackend": "inprocess"}
+                "traceBackend": "inprocess", "search": False}
     async with session(root, settings) as s:
         uri = s.open(file)
         [diagnostic] = await s.diagnostics(uri)
@@ -415,7 +438,7 @@ async def test_cancelling_a_resolve_stops_generation(tmp_path: Path, tiny_gguf: 
     file = root / "remove_occ.py"
     # ~8 samples of ~1,200 tokens: tens of seconds if generation went on after the cancel
     settings = {"modelPath": str(tiny_gguf), "k": 8, "maxTokens": 1200, "threads": 1, "contextSize": 2048,
-                "temperature": 1.0, "traceBackend": "inprocess"}
+                "temperature": 1.0, "traceBackend": "inprocess", "search": False}
     async with session(root, settings) as s:
         uri = s.open(file)
         [diagnostic] = await s.diagnostics(uri)
@@ -581,7 +604,7 @@ async def test_serve_over_tcp(tmp_path: Path) -> None:
 async def test_hover_answers_while_a_fix_is_being_sampled(tmp_path: Path) -> None:
     root = workspace(tmp_path, "remove_occ.py")
     env = scripted(tmp_path, format_answer(RATIONALE, GOOD_FIX), delay_s=3.0)
-    async with session(root, {"k": 1, "explainOnHover": False, "traceBackend": "inprocess"}, env) as s:
+    async with session(root, {"k": 1, "explainOnHover": False, "traceBackend": "inprocess", "search": False}, env) as s:
         uri = s.open(root / "remove_occ.py")
         [diagnostic] = await s.diagnostics(uri)
         await s.traced("remove_Occ")

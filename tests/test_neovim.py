@@ -49,7 +49,8 @@ def test_neovim_builtin_client_gets_diagnostic_hover_hints_and_applies_the_fix(t
     assert diagnostic["message"].startswith("remove_Occ fails 3 of 3 test(s)")
     assert "line 8 ran 1 time(s)" in result["hover"] and "# (7) s='helo'" in result["hover"]
     assert {"line": 7, "label": "(7) s='helo'"} in result["inlay_hints"]
-    assert result["actions"] == ["Fix with NExT: sample 2 fix(es) of remove_Occ and verify them (3 failing tests)"]
+    assert result["actions"] == ["Fix with NExT: search edits of remove_Occ, else sample 2 fix(es), and verify them "
+                                 "(3 failing tests)"]
     assert result["resolved_title"].endswith("(passes 3/3 tests)") and result["preferred"]
 
     assert "s = s[0:i] + s[i + 1:]\n            break\n    return s" in file.read_text()

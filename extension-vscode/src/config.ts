@@ -42,6 +42,8 @@ export const SCHEMA = {
   stopAtFirstVerified: { kind: 'bool', default: true },
   search: { kind: 'bool', default: true },
   searchBudget: { kind: 'number', default: 20 },
+  search: { kind: 'bool', default: true },
+  searchBudget: { kind: 'number', default: 20 },
   // running the user's tests
   python: { kind: 'path', default: '' },
   testDiscovery: { kind: 'enum', default: 'auto', values: TEST_DISCOVERY_MODES },

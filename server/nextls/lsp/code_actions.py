@@ -1,12 +1,15 @@
 """Code actions: "Fix with NExT", computed only when the user picks it (`codeAction/resolve`).
 
 `textDocument/codeAction` answers at once, from the caches: on a failing function (the cursor inside it,
-or one of our diagnostics in the context) it offers a quick fix whose costly part -- trace, k samples,
-verification of each against every test -- runs in `codeAction/resolve`, with `$/progress` reports, and
-stops (subprocesses killed, generation stopped) on `$/cancelRequest`. Once a function's fixes are known
-(cached by its document text and tests), the actions say what they do: "Fix with NExT: <summary>
-(passes N/N tests)", the best one `isPreferred`. Only fixes that pass every test are quick fixes; the
-best unverified edit, if any, is offered as a `refactor.rewrite` that says so in its title.
+or one of our diagnostics in the context) it offers a quick fix whose costly part -- trace, the repair
+search, k samples from the model when the search verified nothing, verification of each against every
+test -- runs in `codeAction/resolve`, with `$/progress` reports, and stops (subprocesses killed, generation
+stopped) on `$/cancelRequest`. The resolve answers with the first verified fix as soon as there is one
+(the rest of the work goes on and fills the cache). Once a function's fixes are known (cached by its
+document text and tests), the actions say what they do and where they come from: "Fix with NExT (search):
+line 12: `s[i:]` -> `s[i + 1:]` (passes N/N tests)", or "(model): <first sentence of its rationale>", the
+best one `isPreferred`. Only fixes that pass every test are quick fixes; the best unverified edit, if any,
+is offered as a `refactor.rewrite` that says so in its title.
 
 The edit is a WorkspaceEdit that replaces exactly the function's lines (plus any import the fix needs),
 versioned when the client supports it; the server itself never writes a file. The rationale travels with
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 from pygls.capabilities import get_capability
 
-from nextls.lsp.jobs import Cancelled
+from nextls.lsp.jobs import Cancelled, Job
 from nextls.lsp.state import FixOutcome, Snapshot, function_at, function_key, function_named, split_lines
 from nextls.runner import RunCancelled
 
@@ -37,12 +40,13 @@ logger = logging.getLogger(__name__)
 UNVERIFIED_KIND = types.CodeActionKind.RefactorRewrite
 FIX_TITLE = "Fix with NExT"
 MAX_OFFERED = 3
+FIRST_FIX_POLL_S = 0.05  # how often a resolve waiting on a fix job looks for its first verified fix
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 def summary(candidate: FixCandidate, limit: int = 72) -> str:
-    """A one-line summary of a fix: the first sentence of its rationale."""
-    text = " ".join(candidate.candidate.rationale.split())
+    """A one-line summary of a fix: a search edit's description, else the first sentence of its rationale."""
+    text = " ".join((candidate.description or candidate.candidate.rationale).split())
     sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0] if text else ""
     if not sentence:
         sentence = f"change {candidate.edit_size} line(s)"
@@ -107,8 +111,14 @@ def workspace_edit(ls: NextLanguageServer, snap: Snapshot, qualname: str, new_so
 
 def rationale_payload(qualname: str, candidate: FixCandidate) -> dict[str, Any]:
     return {"function": qualname, "status": candidate.status, "passed": candidate.passed,
-            "total": len(candidate.results), "summary": summary(candidate),
-            "rationale": candidate.candidate.rationale, "diff": candidate.diff}
+            "total": len(candidate.results), "summary": summary(candidate), "source": candidate.source,
+            "description": candidate.description, "rationale": candidate.candidate.rationale, "diff": candidate.diff}
+
+
+def fix_title(candidate: FixCandidate, payload: dict[str, Any]) -> str:
+    """"Fix with NExT (search): ..." -- where the fix came from, what it does, how many tests it passes."""
+    passes = f"{candidate.passed}/{len(candidate.results)}"
+    return f"{FIX_TITLE} ({candidate.source}): {payload['summary']} (passes {passes} tests)"
 
 
 def _rationale_command(payload: dict[str, Any]) -> types.Command:
@@ -141,15 +151,16 @@ def fill_from_outcome(ls: NextLanguageServer, action: types.CodeAction, outcome:
         action.command = _message_command(action.title)
     elif best is not None and best.verified:
         payload = rationale_payload(qualname, best)
-        action.title = f"{FIX_TITLE}: {payload['summary']} (passes {best.passed}/{len(best.results)} tests)"
+        action.title = fix_title(best, payload)
         action.edit = workspace_edit(ls, outcome.snapshot, qualname, best.new_source)
         action.is_preferred = True
         action.command = _rationale_command(payload)
         data.update(payload)
     else:
         tried = [candidate for candidate in report.candidates if candidate.results]
-        detail = (f"best of {len(report.candidates)} sample(s) passes {tried[0].passed}/{len(tried[0].results)} tests"
-                  if tried else f"none of {len(report.candidates)} sample(s) was usable code")
+        count = len(report.candidates)
+        detail = (f"best of {count} candidate(s) passes {tried[0].passed}/{len(tried[0].results)} tests"
+                  if tried else f"none of {count} candidate(s) was usable code")
         action.title = f"{FIX_TITLE}: no verified fix ({detail})"
         action.is_preferred = False
         if best is not None:
@@ -172,7 +183,7 @@ def _outcome_actions(ls: NextLanguageServer, outcome: FixOutcome, diagnostics: l
         for rank, candidate in enumerate(report.verified[:MAX_OFFERED]):
             payload = rationale_payload(qualname, candidate)
             actions.append(types.CodeAction(
-                title=f"{FIX_TITLE}: {payload['summary']} (passes {candidate.passed}/{len(candidate.results)} tests)",
+                title=fix_title(candidate, payload),
                 kind=types.CodeActionKind.QuickFix, diagnostics=diagnostics or None, is_preferred=rank == 0,
                 edit=workspace_edit(ls, outcome.snapshot, qualname, candidate.new_source),
                 command=_rationale_command(payload), data={**base, **payload}))
@@ -182,17 +193,17 @@ def _outcome_actions(ls: NextLanguageServer, outcome: FixOutcome, diagnostics: l
         candidate = unverified[0]
         payload = rationale_payload(qualname, candidate)
         actions.append(types.CodeAction(
-            title=f"Unverified NExT edit: {payload['summary']} (passes only {candidate.passed}/"
-                  f"{len(candidate.results)} tests)",
+            title=f"Unverified NExT edit ({candidate.source}): {payload['summary']} (passes only "
+                  f"{candidate.passed}/{len(candidate.results)} tests)",
             kind=UNVERIFIED_KIND, is_preferred=False,
             edit=workspace_edit(ls, outcome.snapshot, qualname, candidate.new_source),
             command=_rationale_command(payload), data={**base, **payload}))
     if (not report.verified and report.trace.failing and _wanted(only, types.CodeActionKind.QuickFix)
             and get_capability(ls.client_capabilities, "text_document.code_action.disabled_support", False)):
         actions.append(types.CodeAction(
-            title=f"{FIX_TITLE}: no verified fix among {len(report.candidates)} sample(s)",
+            title=f"{FIX_TITLE}: no verified fix among {len(report.candidates)} candidate(s)",
             kind=types.CodeActionKind.QuickFix, diagnostics=diagnostics or None,
-            disabled=types.CodeActionDisabled(reason="no sampled fix passes every test")))
+            disabled=types.CodeActionDisabled(reason="no searched or sampled fix passes every test")))
     return actions
 
 
@@ -227,9 +238,10 @@ def code_actions(ls: NextLanguageServer, params: types.CodeActionParams) -> list
         if not _wanted(only, types.CodeActionKind.QuickFix):
             continue
         failing = len(status.failing)
+        work = (f"search edits of {status.span.name}, else sample {settings.k} fix(es)," if settings.search
+                else f"sample {settings.k} fix(es) of {status.span.name}")
         action = types.CodeAction(
-            title=f"{FIX_TITLE}: sample {settings.k} fix(es) of {status.span.name} and verify them "
-                  f"({failing} failing test{'s' if failing != 1 else ''})",
+            title=f"{FIX_TITLE}: {work} and verify them ({failing} failing test{'s' if failing != 1 else ''})",
             kind=types.CodeActionKind.QuickFix, diagnostics=diagnostics or None,
             data={"uri": document.uri, "function": qualname, "version": document.version})
         if not _supports_resolve(ls):  # compute and apply through the command instead
@@ -264,7 +276,7 @@ async def resolve(ls: NextLanguageServer, action: types.CodeAction) -> types.Cod
         job = ls.workbench.fix(snap, qualname, key)
         ls.on_cancel(job.cancel.set)
         try:
-            outcome = await asyncio.wrap_future(job.future)
+            outcome = await _first_verified_or_done(ls, job, uri, qualname, key)
         except asyncio.CancelledError:  # $/cancelRequest: kill the test processes, stop the model
             job.cancel.set()
             ls.log(f"nextls: fixing {qualname} cancelled ({job.last_message or 'starting'})")
@@ -285,3 +297,15 @@ async def resolve(ls: NextLanguageServer, action: types.CodeAction) -> types.Cod
             action.command = _message_command(str(error))
             return action
     return fill_from_outcome(ls, action, outcome)
+
+
+async def _first_verified_or_done(ls: NextLanguageServer, job: Job, uri: str, qualname: str, key: str) -> FixOutcome:
+    """The job's outcome, or sooner the cached outcome holding its first verified fix (the job goes on)."""
+    future = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=FIRST_FIX_POLL_S)
+        if done:
+            return future.result()
+        outcome = ls.state.fix(uri, qualname, key)
+        if outcome is not None and outcome.report.verified:
+            return outcome

@@ -33,6 +33,8 @@ class Settings:
     context_size: int = 4096
     seed: int = 0
     stop_at_first_verified: bool = True
+    search: bool = True  # search small edits of the suspicious lines before sampling the model
+    search_budget: float = 20.0  # seconds the search may take
     # running the user's tests
     python: str | None = None  # None: the interpreter running the server
     test_discovery: str = "auto"
@@ -71,6 +73,7 @@ _NAMES = {
     "modelPath": "model_path", "loraPath": "lora_path", "k": "k", "temperature": "temperature",
     "topP": "top_p", "maxTokens": "max_tokens", "gpuLayers": "gpu_layers", "threads": "threads",
     "contextSize": "context_size", "seed": "seed", "stopAtFirstVerified": "stop_at_first_verified",
+    "search": "search", "searchBudget": "search_budget",
     "python": "python", "testDiscovery": "test_discovery", "testTimeout": "test_timeout",
     "traceBackend": "trace_backend", "diagnostics": "diagnostics", "debounceMs": "debounce_ms",
     "traceFailing": "trace_failing", "inlayHints": "inlay_hints", "hover": "hover",

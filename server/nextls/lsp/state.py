@@ -353,22 +353,30 @@ class Workbench:
         return self.state.explanations.get(key), self.state.explanation_errors.get(key)
 
     def fix(self, snap: Snapshot, qualname: str, key: str) -> Job:
-        """Trace, sample k fixes and verify them (one job per function text)."""
+        """Trace, search small edits, sample k fixes when the search verified none, verify them (one job per
+        function text). Each verified fix is cached as soon as it is found, so a waiting quick fix can offer it."""
         from nextls.fix import FixOptions, fix_function
 
         settings = self.ls.settings
         models = self.ls.models
 
         def work(job: Job) -> FixOutcome:
-            job.report("loading the model")
-            runtime = models.session(settings, job.cancel, job)
+            def load_model() -> Any:
+                job.report("loading the model")
+                return models.session(settings, job.cancel, job)
+
+            def offer(partial: FixReport) -> None:
+                self.state.store_fix(snap.uri, key, FixOutcome(snap, qualname, partial))
+
             options = FixOptions(k=settings.k, temperature=settings.temperature, top_p=settings.top_p,
                                  max_tokens=settings.max_tokens, seed=settings.seed,
-                                 stop_at_first_verified=settings.stop_at_first_verified)
+                                 stop_at_first_verified=settings.stop_at_first_verified, search=settings.search,
+                                 search_budget=settings.search_budget)
             report = self._with_fallback(job, qualname, settings.trace_backend, lambda backend: fix_function(
-                snap.path, qualname, runtime, source=snap.source, options=replace(options, backend=backend),
-                config=settings.run_config(), cancel=job.cancel,
-                progress=lambda message: job.report(message, fix_percentage(message))))
+                snap.path, qualname, load_runtime=load_model, source=snap.source,
+                options=replace(options, backend=backend), config=settings.run_config(), cancel=job.cancel,
+                progress=lambda message: job.report(message, fix_percentage(message)),
+                on_verified=offer))
             if job.cancel.is_set():
                 from nextls.lsp.jobs import Cancelled
 
@@ -381,9 +389,10 @@ class Workbench:
             best = report.best
             if best is not None and best.verified and best.candidate.rationale:
                 ekey = explanation_key(report.trace.function_text, report.trace.tests)
+                origin = "the repair search" if best.source == "search" else models.description or report.device
+                passes = f"{best.passed}/{len(best.results)}"
                 self.state.explanations[ekey] = Explanation(
-                    best.candidate.rationale, f"{models.description or report.device}, with a fix that passes "
-                                              f"{best.passed}/{len(best.results)} tests")
+                    best.candidate.rationale, f"{origin}, with a fix that passes {passes} tests")
             return outcome
 
         return self.ls.jobs.submit(f"NExT: fixing {qualname}", work, key=("fix", snap.uri, qualname, key))

@@ -88,6 +88,14 @@ def test_the_server_environment_does_not_reach_the_program(monkeypatch: pytest.M
     assert result.stdout == "None True\n", result.stderr
 
 
+@pytest.mark.skipif(not (IS_ROOT or sandbox._namespaces_available()),
+                    reason="without namespaces a user's program runs as the user, who may read the server's /proc")
+def test_the_server_environment_cannot_be_read_from_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "sk-secret")
+    result = run_python(f"open('/proc/{os.getpid()}/environ', 'rb').read()")
+    assert "PermissionError" in result.stderr, result.stderr
+
+
 # --- nothing outlives the server ------------------------------------------------------------------------
 
 # A stand-in for the server: runs a sandboxed program that ignores SIGTERM and records its pid in its

@@ -13,6 +13,24 @@ Containment, per run:
 - stdin is /dev/null; stdout and stderr are drained together by one ``poll`` loop, capped, and drained to
   the end so the child never blocks on a full pipe.
 - The working directory is a fresh temporary directory, removed afterwards, unless the caller gives one.
+- The environment is :func:`child_env`'s unless the caller gives one: PATH, locale, PYTHONPATH and the
+  like, HOME and TMPDIR in the working directory, and only an allowlist of the caller's other variables.
+- Namespaces (``Limits.isolate``, where the kernel allows them; the log says once when it does not): a
+  private copy of the mount table in which the whole system is read-only, /tmp, /var/tmp and /dev/shm are
+  empty private tmpfs folders that vanish with the child, and only the working directory is writable;
+  a private network namespace with no interface up (``Limits.network=True`` keeps the host's, for a
+  debugger on a port) and a private IPC namespace. Not root, a user namespace of the user's own uid gives
+  the rights to mount, and its capabilities are dropped before exec. This is what bubblewrap does with
+  ``--ro-bind / / --tmpfs /tmp --unshare-net``, done in the child itself: no second process between the
+  runner and the program, so exit codes and signals arrive as they are, and it applies to every process
+  started through ``_child_setup`` (the warm test worker too).
+- Parent death: the child asks the kernel for SIGKILL when the thread that started it dies
+  (PR_SET_PDEATHSIG; so start long-lived children from a long-lived thread), so a SIGKILLed server does not
+  leave its programs running. :func:`kill_all_children` kills every live group at exit, and
+  :func:`remove_stale_sandboxes` removes the folders (and, as root, the processes of sandbox uids) that a
+  killed server left behind.
+- A global cap (:func:`set_global_limits`) on the programs running at once and on the sum of their memory
+  limits: a run waits for room.
 
 Running as root (CI, the training machine): the kernel never applies RLIMIT_NPROC to root, so a fork
 bomb would go unchecked. When the runner's euid is 0 the child therefore switches, before exec, to a
@@ -20,9 +38,15 @@ dedicated unprivileged uid/gid taken from a pool (60000 + slot, as the IOI ``iso
 concurrent run gets its own uid (claimed with a lock file, so concurrent runner processes never share
 one), because RLIMIT_NPROC counts every process of a uid. That also lets the runner find and kill
 processes that escaped the process group with ``setsid()``: after each run it kills whatever that uid
-still owns. The child keeps one capability, CAP_DAC_READ_SEARCH (or, where the container lacks it,
-CAP_DAC_OVERRIDE), so it can still read the interpreter and libraries in root-only places such as
-``/root/.pyenv``, and it gets no_new_privs so setuid binaries cannot give root back. The runner makes
+still owns. The child has no supplementary group and no capability in any set (bounding and ambient
+included), and no_new_privs so setuid binaries cannot give root back: file permissions apply to it as to
+any other user, so root's 0600 files (/etc/shadow) are closed to it. What it must read in root-only places
+(an interpreter under ``/root/.pyenv``, a project in a 0700 folder: the interpreter's installation, the
+absolute paths of argv and PYTHONPATH, and ``read_paths``) is made reachable in its mount namespace: the
+first folder that blocks the uid is covered with an empty read-only tmpfs holding only the path to the
+granted folder, bind-mounted; a granted folder closed to the uid shows its entries one by one. Without
+namespaces the child keeps one capability instead, CAP_DAC_READ_SEARCH (or, where the container lacks
+it, CAP_DAC_OVERRIDE), so that it can still read those places. The runner makes
 itself a child subreaper, so that the dead children of a killed fork bomb are reaped by the runner rather
 than left as zombies under a container init that does not reap them; unreaped zombies keep counting
 against the uid's process limit, and the uid's next run would fail to start. (The flip side: orphans of

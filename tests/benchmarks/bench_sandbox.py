@@ -2,9 +2,11 @@
 
 Each run writes one MBPP reference solution, its setup code and its asserts into a fresh directory and runs
 ``python program.py`` there, as training's filter step does. Prints runs/s, tests/s and pass counts for
-the sandbox and for the bare ``subprocess.run`` baseline, sequentially and with 2 worker threads. The two
-alternate for ``--rounds`` rounds and the best round of each is shown, so that load from other processes
-on the machine skews the comparison less. A last line gives the fixed cost per run, running /bin/true.
+the sandbox (with its namespaces, and without them: ``Limits(isolate=False)``) and for the bare
+``subprocess.run`` baseline, sequentially and with 2 worker threads. They alternate for ``--rounds``
+rounds and the best round of each is shown, so that load from other processes on the machine skews the
+comparison less. The last lines give the fixed cost per run, running /bin/true: bare, in the sandbox
+without and with namespaces, and (where it is installed) under bubblewrap with the same filesystem view.
 
     python tests/benchmarks/bench_sandbox.py [--programs 100] [--rounds 3] [--mbpp PATH]
 """
@@ -18,6 +20,7 @@ os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,10 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextls.sandbox import Limits, Outcome, default_env, run_process, sandbox_dir
+from nextls.sandbox import Limits, Outcome, child_env, run_process, sandbox_dir
 
 DEFAULT_MBPP = Path("/work/shared/data/mbpp/mbpp.jsonl")
 LIMITS = Limits(wall_time=10.0)
+UNISOLATED = Limits(wall_time=10.0, isolate=False)
+# What the sandbox's namespaces do, as bubblewrap options: a read-only system, private temporary
+# folders, no network, no shared IPC, death with the parent.
+BWRAP = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+         "--unshare-net", "--unshare-ipc", "--die-with-parent"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,15 @@ def load_programs(path: Path, count: int) -> list[Program]:
     return programs
 
 
-def run_in_sandbox(program: Program) -> bool:
+def run_in_sandbox(program: Program, limits: Limits = LIMITS) -> bool:
     with sandbox_dir() as workdir:
         Path(workdir, "program.py").write_text(program.source)
-        result = run_process([sys.executable, "program.py"], cwd=workdir, limits=LIMITS)
+        result = run_process([sys.executable, "program.py"], cwd=workdir, limits=limits)
     return result.outcome is Outcome.OK
+
+
+def run_in_sandbox_unisolated(program: Program) -> bool:
+    return run_in_sandbox(program, UNISOLATED)
 
 
 def run_bare(program: Program) -> bool:
@@ -64,7 +76,7 @@ def run_bare(program: Program) -> bool:
         result = subprocess.run(
             [sys.executable, "program.py"],
             cwd=workdir,
-            env=default_env(),
+            env=child_env(workdir),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=LIMITS.wall_time,
@@ -100,7 +112,7 @@ def report(name: str, workers: int, best: Measurement, programs: list[Program]) 
     runs_per_s = len(programs) / best.seconds
     tests_per_s = sum(program.tests for program in programs) / best.seconds
     print(
-        f"{name:<20} workers={workers}  {runs_per_s:6.1f} runs/s  {tests_per_s:6.1f} tests/s  "
+        f"{name:<24} workers={workers}  {runs_per_s:6.1f} runs/s  {tests_per_s:6.1f} tests/s  "
         f"passed {best.passed}/{len(programs)}  ({best.seconds:.2f} s)"
     )
 
@@ -116,20 +128,28 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, euid {os.geteuid()}")
     run_in_sandbox(programs[0])  # warm up the page cache and the sandbox's one-time setup
     for workers in (1, 2):
-        rounds = [
-            (measure(run_bare, programs, workers), measure(run_in_sandbox, programs, workers))
-            for _ in range(args.rounds)
-        ]
-        bare = min((bare for bare, _ in rounds), key=lambda m: m.seconds)
-        sandboxed = min((sandboxed for _, sandboxed in rounds), key=lambda m: m.seconds)
-        report("subprocess.run", workers, bare, programs)
-        report("sandbox.run_process", workers, sandboxed, programs)
-        print(f"{'':<20} sandbox time / subprocess.run time: {sandboxed.seconds / bare.seconds:.3f}")
-    bare_ms = fixed_cost_ms(
-        lambda: subprocess.run(["/bin/true"], stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    )
-    sandboxed_ms = fixed_cost_ms(lambda: run_process(["/bin/true"]))
-    print(f"/bin/true per run: subprocess.run {bare_ms:.2f} ms, sandbox.run_process {sandboxed_ms:.2f} ms")
+        runners = {"subprocess.run": run_bare, "sandbox, no namespaces": run_in_sandbox_unisolated,
+                   "sandbox.run_process": run_in_sandbox}
+        rounds = [{name: measure(runner, programs, workers) for name, runner in runners.items()}
+                  for _ in range(args.rounds)]
+        best = {name: min((one[name] for one in rounds), key=lambda m: m.seconds) for name in runners}
+        for name, measurement in best.items():
+            report(name, workers, measurement, programs)
+        ratios = {name: best[name].seconds / best["subprocess.run"].seconds for name in runners}
+        print(f"{'':<24} time / subprocess.run time: no namespaces {ratios['sandbox, no namespaces']:.3f}, "
+              f"sandbox {ratios['sandbox.run_process']:.3f}")
+    costs = {
+        "subprocess.run": fixed_cost_ms(lambda: run_bare_argv(["/bin/true"])),
+        "sandbox, no namespaces": fixed_cost_ms(lambda: run_process(["/bin/true"], limits=UNISOLATED)),
+        "sandbox.run_process": fixed_cost_ms(lambda: run_process(["/bin/true"])),
+    }
+    if shutil.which("bwrap"):
+        costs["bwrap"] = fixed_cost_ms(lambda: run_bare_argv(["bwrap", *BWRAP, "/bin/true"]))
+    print("/bin/true per run: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in costs.items()))
+
+
+def run_bare_argv(argv: list[str]) -> None:
+    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=True)
 
 
 if __name__ == "__main__":

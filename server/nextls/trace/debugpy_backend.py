@@ -7,9 +7,14 @@ writes the trace to a file. Stepping costs ~5 ms a line and logpoints ~0.3 ms a 
 round trip; the injected recorder costs microseconds a line and no traffic at all. Because the
 in-process backend runs the very same recorder, both render byte-identical traces.
 
-debugpy's adapter writes a header and a body as two small writes; with Nagle's algorithm on, each
-request then stalls ~40 ms on a delayed ACK. A `sitecustomize.py` put first on the debuggee's path
-turns on TCP_NODELAY for its sockets (the adapter inherits the path), then chains to any other one.
+Where the time went, and what was cut (tests/benchmarks/bench_trace.py):
+* pydevd's own tracing of every frame once attached, during the test and through pytest's reporting and
+  teardown after it: the first `evaluate` turns it off for the test's thread before it starts the
+  recorder, and the second leaves it off, so only the recorder traces;
+* delayed ACKs: debugpy writes a message's header and body as two small writes, and with Nagle's
+  algorithm on its side each message waited ~40 ms for our ACK; the client acknowledges at once
+  (`TCP_QUICKACK`, see `nextls.trace.dap`), and debugpy (>= 1.8.1) speaks DAP from inside the
+  debuggee, so there is no adapter process and no second connection.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,48 +36,8 @@ from nextls.sandbox import Limits, Outcome, ProcessResult, run_process
 from nextls.trace.dap import DapClient, DapError
 
 RECORDER_SOURCE_PATH = Path(__file__).resolve().parent.parent / "child" / "nextls_recorder.py"
-
-SITECUSTOMIZE = '''\
-"""Written by nextls: TCP_NODELAY for debugpy's sockets, then the next sitecustomize on the path."""
-import importlib.machinery
-import os
-import socket
-import sys
-
-_connect = socket.socket.connect
-_accept = socket.socket.accept
-
-
-def _no_delay(sock):
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-def connect(self, address):
-    result = _connect(self, address)
-    _no_delay(self)
-    return result
-
-
-def accept(self):
-    conn, address = _accept(self)
-    _no_delay(conn)
-    return conn, address
-
-
-socket.socket.connect = connect
-socket.socket.accept = accept
-
-_here = os.path.dirname(os.path.abspath(__file__))
-_others = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
-_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", _others)
-if _spec is not None and _spec.loader is not None:
-    _module = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_module)
-'''
+# pydevd warns on stderr about frozen stdlib modules (they only hide breakpoints in the stdlib)
+DEBUGGEE_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 _EXIT_GRACE_S = 2.0  # how long a debuggee that dropped the DAP connection gets to finish on its own
 _shim_lock = threading.Lock()
@@ -79,40 +45,51 @@ _shim: Path | None = None
 
 
 def shim_dir() -> Path:
-    """A folder for the debuggee's path: debugpy itself (linked) and the sitecustomize above."""
+    """A folder holding only debugpy (the server's, linked), for the debuggee's path."""
     global _shim
     with _shim_lock:
         if _shim is None:
             folder = Path(tempfile.mkdtemp(prefix="nextls-debugpy-"))
             os.chmod(folder, 0o755)  # a sandboxed child may run as another user
             (folder / "debugpy").symlink_to(Path(debugpy.__file__).resolve().parent)
-            (folder / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
             atexit.register(shutil.rmtree, folder, True)
             _shim = folder
         return _shim
 
 
+def _no_debugger_tracing() -> str:
+    return "__import__('debugpy').trace_this_thread(False)"
+
+
 def _inject_and_start(trace_spec: dict) -> str:
-    """One expression that loads the recorder from source inside the debuggee and starts it."""
+    """One expression that turns pydevd's tracing off for this thread, then loads the recorder from
+    source inside the debuggee and starts it."""
     source = RECORDER_SOURCE_PATH.read_text(encoding="utf-8")
     start = f"module.start({trace_spec['filename']!r}, {trace_spec['qualname']!r}, {trace_spec['max_steps']:d})"
-    return ("(lambda sys, types: (lambda module: (sys.modules.__setitem__('nextls_recorder', module), "
+    return (f"(lambda sys, types: ({_no_debugger_tracing()}, (lambda module: ("
+            "sys.modules.__setitem__('nextls_recorder', module), "
             f"exec(compile({source!r}, 'nextls_recorder.py', 'exec'), module.__dict__), {start})[-1])"
-            "(types.ModuleType('nextls_recorder')))(__import__('sys'), __import__('types'))")
+            "(types.ModuleType('nextls_recorder')))[-1])(__import__('sys'), __import__('types'))")
 
 
 def _stop_and_write(trace_spec: dict) -> str:
-    return "__import__('sys').modules['nextls_recorder'].stop({!r})".format(trace_spec["out"])
+    """Stop the recorder (it writes the trace) and leave pydevd's tracing off for the rest of the run."""
+    return f"(__import__('sys').modules['nextls_recorder'].stop({trace_spec['out']!r}), {_no_debugger_tracing()})"
 
 
 def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec: dict, limits: Limits,
-               cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
+               cancel: threading.Event | None, read_paths: Sequence[str] = ()) -> tuple[ProcessResult, dict | None]:
     """Run the harness under debugpy and drive it; return the process result and the recorded trace."""
-    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(shim_dir()), env.get("PYTHONPATH")])))
+    env = dict(env, **DEBUGGEE_ENV,
+               PYTHONPATH=os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(shim_dir())])))
+    # the client connects to the debuggee's port: it keeps the host's network, and reads debugpy's folder
+    limits = replace(limits, network=True)
+    read_paths = [*read_paths, str(Path(debugpy.__file__).resolve().parent)]
     abort = threading.Event()
     outcome: list[ProcessResult] = []
     child = threading.Thread(
-        target=lambda: outcome.append(run_process(argv, cwd=work_dir, env=env, limits=limits, cancel=abort)),
+        target=lambda: outcome.append(run_process(argv, cwd=work_dir, env=env, limits=limits, cancel=abort,
+                                                  read_paths=read_paths)),
         name="nextls-debuggee", daemon=True)
     child.start()
     watcher = _CancelWatcher(cancel, abort)

@@ -27,6 +27,7 @@ from nextls.sandbox import (
     ProcessResult,
     child_env,
     kill_all_children,
+    process_slot,
     python_argv,
     remove_stale_sandboxes,
     run_process,
@@ -278,6 +279,16 @@ def test_a_run_waiting_for_room_can_be_cancelled(global_limits: None) -> None:
         assert time.monotonic() - started < 2
         assert (waiting.outcome, waiting.stdout) == (Outcome.CANCELLED, "")
         busy.cancel()
+
+
+def test_programs_started_elsewhere_count_against_the_cap(global_limits: None) -> None:
+    set_global_limits(max_processes=1)
+    with process_slot(memory_bytes=None) as held:
+        assert held
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        assert run_python("print('ran')", cancel=cancel).outcome is Outcome.CANCELLED
+    assert run_python("print('ran')").stdout == "ran\n"
 
 
 @pytest.mark.parametrize("bad", [{"max_processes": 0}, {"max_memory_bytes": -1}, {"max_processes": 2.5}])

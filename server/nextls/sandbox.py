@@ -98,6 +98,7 @@ __all__ = [
     "ProcessResult",
     "child_env",
     "kill_all_children",
+    "process_slot",
     "python_argv",
     "remove_stale_sandboxes",
     "run_process",
@@ -253,6 +254,21 @@ def set_global_limits(*, max_processes: int | None = None, max_memory_bytes: int
     _GATE.configure(max_processes or _default_max_processes(), max_memory_bytes or _default_max_memory())
 
 
+@contextlib.contextmanager
+def process_slot(memory_bytes: int | None, cancel: threading.Event | None = None) -> Iterator[bool]:
+    """One place under the global caps of :func:`set_global_limits`, held for the block: for a sandboxed
+    program started some other way than :func:`run_process` (a warm worker's fork). Waits for room;
+    yields False, holding nothing, if ``cancel`` is set first."""
+    reserved = _GATE.acquire(memory_bytes, cancel)
+    if reserved is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _GATE.release(reserved)
+
+
 def run_process(
     argv: Sequence[str],
     *,
@@ -278,24 +294,20 @@ def run_process(
     if not argv:
         raise ValueError("argv is empty")
     argv = [os.fspath(arg) for arg in argv]
-    reserved = _GATE.acquire(limits.memory_bytes, cancel)
-    if reserved is None:
-        return ProcessResult(Outcome.CANCELLED, None, None, "", "", False, False, 0.0)
-    try:
-        with contextlib.ExitStack() as stack:
-            uid = stack.enter_context(_UID_POOL.claim()) if _should_drop_privileges(limits) else None
-            workdir = stack.enter_context(sandbox_dir()) if cwd is None else os.path.abspath(cwd)
-            if uid is not None and workdir in _SANDBOX_DIRS:
-                _chown_tree(workdir, uid)
-            env = child_env(workdir) if env is None else dict(env)
-            # Looked up here, as we see PATH: the sandbox uid may not be allowed to search all of it.
-            executable = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
-            if executable is None:
-                raise FileNotFoundError(errno.ENOENT, f"cannot start {argv[0]!r}: not found on PATH", argv[0])
-            isolation = _isolation_for(executable, argv, workdir, env, read_paths, limits, uid)
-            return _run(executable, argv, workdir, env, limits, cancel, pass_fds, uid, isolation)
-    finally:
-        _GATE.release(reserved)
+    with contextlib.ExitStack() as stack:
+        if not stack.enter_context(process_slot(limits.memory_bytes, cancel)):
+            return ProcessResult(Outcome.CANCELLED, None, None, "", "", False, False, 0.0)
+        uid = stack.enter_context(_UID_POOL.claim()) if _should_drop_privileges(limits) else None
+        workdir = stack.enter_context(sandbox_dir()) if cwd is None else os.path.abspath(cwd)
+        if uid is not None and workdir in _SANDBOX_DIRS:
+            _chown_tree(workdir, uid)
+        env = child_env(workdir) if env is None else dict(env)
+        # Looked up here, as we see PATH: the sandbox uid may not be allowed to search all of it.
+        executable = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
+        if executable is None:
+            raise FileNotFoundError(errno.ENOENT, f"cannot start {argv[0]!r}: not found on PATH", argv[0])
+        isolation = _isolation_for(executable, argv, workdir, env, read_paths, limits, uid)
+        return _run(executable, argv, workdir, env, limits, cancel, pass_fds, uid, isolation)
 
 
 def _run(

@@ -80,6 +80,15 @@ def test_the_failing_trace_breaks_ties_between_lines_every_test_runs() -> None:
     assert by_line[6].score < by_line[5].score
 
 
+def test_an_if_that_could_have_returned_early_reaches_the_result() -> None:
+    source = "def price(n):\n    total = n * 10\n    if n > 10:\n        return total * 0.9\n    return total\n"
+    trace = Trace("f.py", "price", [
+        TraceEvent(0, 0, 1, "call", {"n": "10"}), TraceEvent(1, 0, 2, "line", {"total": "100"}),
+        TraceEvent(2, 0, 3, "line", {}), TraceEvent(3, 0, 5, "line", {"__return__": "100"})])
+    ranked = rank_lines([Spectrum(False, frozenset({2, 3, 5}))], node_of(source, "price"), trace)
+    assert {line.line: line.reasons for line in ranked}[3] == (REACHES_RESULT,)
+
+
 def test_the_line_that_raised_is_marked() -> None:
     source = "def first(xs):\n    head = xs[0]\n    return head\n"
     trace = Trace("f.py", "first", [TraceEvent(0, 0, 1, "call", {"xs": "[]"}),

@@ -39,7 +39,6 @@ PAIR_POOL = 12  # the single edits combined into pairs: the ones that passed the
 class SearchOptions:
     budget: float = 20.0  # seconds for the whole search, localization included
     max_verified: int = 3  # stop after this many verified fixes
-    max_candidates: int | None = None  # stop after verifying this many candidates
     pairs: bool = True  # try pairs of edits when the single edits run out and time remains
     test_timeout: float | None = None  # seconds per test of a candidate; None: from the original run
     keep_unverified: int = 2  # unverified candidates returned: those passing more tests than the original
@@ -53,7 +52,7 @@ class SearchOutcome:
     skipped: int = 0  # edits that did not compile or repeated code already tried
     seconds: float = 0.0
     first_verified_seconds: float | None = None
-    stopped: str = ""  # "verified", "budget", "candidates", "exhausted" or "nothing fails"
+    stopped: str = ""  # "verified", "budget", "exhausted" or "nothing fails"
 
     def to_json(self) -> dict:
         return {"tried": self.tried, "skipped": self.skipped, "seconds": round(self.seconds, 3),
@@ -106,9 +105,6 @@ def run_search(report: TraceReport, *, options: SearchOptions = SearchOptions(),
             raise RunCancelled("the repair search was cancelled")
         if time.perf_counter() >= deadline:
             outcome.stopped = "budget"
-            break
-        if options.max_candidates is not None and outcome.tried >= options.max_candidates:
-            outcome.stopped = "candidates"
             break
         code, new_source = region.apply(edits)
         if code is None or not verifier.is_new(code):

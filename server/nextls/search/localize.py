@@ -8,7 +8,8 @@ Two sources of evidence, combined per line:
   lines tie at 1.0, so
 * **the failing trace** refines the ranking: the line where the exception was raised, the lines whose
   values reach the wrong result (a backward slice from the line the traced call left on, through the names
-  each line reads and the executed lines that write them, and the conditions and loops they sit in), and
+  each line reads and the executed lines that write them, the conditions and loops they sit in, and the
+  executed `if`s before it that could have returned early), and
   assignments that ran without changing their target (the trace shows nothing for them: often the bug).
 
 A line's score is its Ochiai value times ``1 + the weights of its trace reasons``; a line no failing test
@@ -156,7 +157,12 @@ def _result_slice(function: ast.FunctionDef | ast.AsyncFunctionDef, trace: Trace
     if not leaving or leaving[-1] not in uses:
         return set()
     in_slice: set[int] = set()
-    pending = [leaving[-1]]
+    # an executed `if` that could have left early (a `return` or `raise` inside) decided that the call
+    # went on to the line it left on
+    guards = {node.lineno for node in ast.walk(function) if isinstance(node, ast.If) and node.lineno in executed
+              and node.lineno < leaving[-1] and any(isinstance(inner, (ast.Return, ast.Raise))
+                                                    for inner in ast.walk(node))}
+    pending = [leaving[-1], *sorted(guards)]
     while pending:
         line = pending.pop()
         if line in in_slice or line not in uses:

@@ -8,6 +8,7 @@
     nextls-train sample|filter --config RUN.toml --iteration T [--split train|dev] [--shard I/N]
     nextls-train train|eval|export --config RUN.toml --iteration T
     nextls-train eval --model X.gguf [--lora A.gguf] --dataset mbpp-r-dev|hefix-plus --samples N -k 1,5,10 [...]
+    nextls-train eval --method search|model|both --dataset mbpp-r-dev|hefix-plus [--model-tasks N] [...]
     nextls-train compare --config COMPARE.toml [--set KEY=VALUE ...]
 """
 
@@ -203,6 +204,17 @@ def _training_parsers(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     evaluate.add_argument("--iteration", type=int, help="with --config: 0 is the base")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    repair = evaluate.add_argument_group(
+        "what `nextls fix` offers (--method): verified and correct (hidden tests too) rates, overfitting share, time "
+        "to the first verified fix, per bug class")
+    repair.add_argument("--method", choices=("search", "model", "both"),
+                        help="search: the repair search alone; model: k=4 answers of the server's model; both: the "
+                             "search, then the model when the search verified nothing (nextls fix's defaults)")
+    repair.add_argument("--per-problem", type=int, default=1, help="tasks per problem (default: %(default)s)")
+    repair.add_argument("--model-tasks", type=int, default=0,
+                        help="model and both: only the first N tasks of the selection (default: all)")
+    repair.add_argument("--search-budget", type=float, default=20.0, help="seconds per task (default: %(default)s)")
+    repair.add_argument("--report-only", action="store_true", help="run nothing: score what is on disk")
     evaluate.set_defaults(handler=_eval)
 
     compare = commands.add_parser("compare", help="the comparison table: models x trace/no trace x datasets",
@@ -275,6 +287,8 @@ def _eval(args: argparse.Namespace) -> int:
     from nextls_train import evaluate
     from nextls_train.records import Logger
 
+    if args.method:
+        return _eval_repair(args)
     if not args.model:
         print("nextls-train eval: give --model GGUF (or --config RUN.toml --iteration T)", file=sys.stderr)
         return 2
@@ -300,9 +314,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from nextls_train import evaluate
+def _eval_repair(args: argparse.Namespace) -> int:
+    from nextls_train import repair_eval
 
+    if args.model not in (None, "default") or args.lora:
+        print("nextls-train eval --method: the model is the server's default one", file=sys.stderr)
+        return 2
+    methods = ("search", "model", "both") if args.method == "both" else (args.method,)
+    settings = repair_eval.RepairSettings(
+        methods=methods, per_problem=args.per_problem, limit=args.limit, model_tasks=args.model_tasks,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, threads=args.threads, workers=args.workers,
+        search_budget=args.search_budget)
+    out = args.out or Path("training/runs/out/repair") / args.dataset
+    summary = repair_eval.evaluate_repair(args.dataset, out, settings, progress=not args.quiet,
+                                          report_only=args.report_only)
+    print(repair_eval.repair_table([summary]), end="")
+    print(f"per-task results in {out / 'results.jsonl'}, summary in {out / 'summary.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from nextls_train import evaluate, repair_eval
+
+    if repair_eval.is_repair_config(args.config, args.set):
+        repair = repair_eval.load_repair_compare(args.config, args.set)
+        repair_eval.run_repair_compare(repair, report_only=args.report_only, progress=not args.quiet)
+        print((repair.root / repair.out_dir / "results.md").read_text(), end="")
+        return 0
     config = evaluate.load_compare(args.config, args.set)
     evaluate.run_compare(config, report_only=args.report_only, progress=not args.quiet)
     print((config.root / config.out_dir / "results.md").read_text(), end="")

@@ -8,6 +8,10 @@ Every answer comes from the server's prompt (`build_messages` + `render_chat` wi
 via `training_prompt`), by default through the server's runtime (`LlamaRuntime`; `--backend transformers`
 batches many tasks on a GPU), and is judged by the server's verifier (`nextls.fix.verify_answer`, through the
 filter stage): the fix is spliced into the buggy module and every visible test runs in the sandbox.
+Each verified answer is then judged on the hidden tests too (`nextls_train.hidden`): HeFix+'s HumanEval+ test,
+MBPP+'s extra tests for the Mbpp-R problems that have them. Every rate comes with both verdicts, *verified*
+(visible tests) and *correct* (visible + hidden, over the tasks that have hidden tests), and a 95% Wilson
+interval over tasks.
 
 * pass@k: N answers per task at temperature T, c of them verified; the unbiased estimator of Chen et al.
   (2021), 1 - C(N-c, k) / C(N, k), averaged over tasks.
@@ -16,7 +20,9 @@ filter stage): the fix is spliced into the buggy module and every visible test r
   given as a hint to a fixed proxy model (no trace, greedy); the proxy's verified-fix rate is reported.
 
 Everything lands in the output folder, appended as it is produced, so a rerun resumes: `sampled/`,
-`greedy/` and `proxy/` (samples + verdicts), then `results.jsonl` (one line per task) and `summary.json`.
+`greedy/` and `proxy/` (samples, verdicts, `judged.jsonl`: the hidden-test verdict of each verified answer),
+`hidden.jsonl` (each fixed module's run on the hidden tests), then `results.jsonl` (one line per task) and
+`summary.json`.
 """
 
 from __future__ import annotations
@@ -32,16 +38,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nextls.fix import verify_answer
+from nextls.runner import RunConfig
+from nextls.sandbox import Limits
 from nextls_train.config import FilterConfig, build_section, parse_override, read_toml, resolve_path
 from nextls_train.data import DEFAULT_OUT_DIR, HEFIX_FILE, MBPPR_FILES, TaskRecord
-from nextls_train.filter import VERDICTS, run_filter
+from nextls_train.filter import VERDICTS, TaskFiles, run_filter
+from nextls_train.hidden import HIDDEN_TIMEOUT, HiddenJudge, source_key, wilson
 from nextls_train.prompts import training_prompt
-from nextls_train.records import Logger, load_tasks, read_log, repair_task, write_json, write_jsonl
-from nextls_train.sample import Sampler, SampleSettings, run_sample
+from nextls_train.records import AppendLog, Logger, load_tasks, read_log, repair_task, write_json, write_jsonl
+from nextls_train.sample import Sampler, SampleSettings, read_samples, run_sample
 
 DATASETS = {"mbpp-r-dev": MBPPR_FILES["dev"], "hefix-plus": HEFIX_FILE, "mbpp-r-train": MBPPR_FILES["train"]}
 SUMMARY = "summary.json"
 RESULTS = "results.jsonl"
+HIDDEN = "hidden.jsonl"
+JUDGED = "judged.jsonl"
 
 # For scale only: the paper's Mbpp-R pass@1 (Ni et al., ICML 2024, Table 1), PaLM 2-L with traces.
 PAPER_MBPPR = [("PaLM 2-L, 3-shot (paper)", 23.2), ("PaLM 2-L + NExT (paper)", 49.3)]
@@ -75,6 +87,7 @@ class EvalSettings:
     dtype: str = "bfloat16"  # transformers on a GPU
     workers: int = 2  # sandboxed verifications in parallel
     test_timeout: float = 5.0
+    hidden_timeout: float = HIDDEN_TIMEOUT
     memory_mb: int = 1024
 
 
@@ -146,11 +159,13 @@ class Models:
 
 
 def evaluate(spec: ModelSpec, dataset: str, use_trace: bool, settings: EvalSettings, out: Path, models: Models, *,
-             log: Logger | None = None, progress: bool = True) -> dict[str, Any]:
-    """Sample, verify and score one (model, dataset, trace) cell; returns (and writes) its summary."""
+             log: Logger | None = None, progress: bool = True,
+             tasks: Sequence[TaskRecord] | None = None) -> dict[str, Any]:
+    """Sample, verify and score one (model, dataset, trace) cell; returns (and writes) its summary.
+    `tasks`: these tasks of the dataset instead of its first `settings.limit`."""
     log = log or Logger()
     out = Path(out)
-    tasks = dataset_tasks(dataset, settings.limit)
+    tasks = dataset_tasks(dataset, settings.limit) if tasks is None else list(tasks)
     gguf = model_file(spec)
     identity = {"model": str(gguf), "lora": spec.lora, "dataset": dataset, "use_trace": use_trace,
                 "backend": settings.backend, "max_new_tokens": settings.max_new_tokens}
@@ -174,6 +189,9 @@ def evaluate(spec: ModelSpec, dataset: str, use_trace: bool, settings: EvalSetti
         started = time.perf_counter()
         run_filter(tasks, out / name / "samples", out / name, checks, log=log, progress=progress)
         seconds[f"{name}_verify"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        judge_answers(tasks, out, name, settings)
+        seconds[f"{name}_hidden"] = round(time.perf_counter() - started, 2)
 
     if settings.samples:
         stage("sampled", settings.samples, settings.temperature, prompt, spec)
@@ -206,6 +224,41 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
         write_json(path, identity)
 
 
+def open_judge(out: Path, settings: EvalSettings) -> HiddenJudge:
+    return HiddenJudge(Path(out) / HIDDEN, test_timeout=settings.test_timeout, hidden_timeout=settings.hidden_timeout,
+                       memory_mb=settings.memory_mb)
+
+
+def judge_answers(tasks: Sequence[TaskRecord], out: Path, stage: str, settings: EvalSettings) -> dict[tuple, dict]:
+    """Each verified answer of a stage judged on all the visible and the hidden tests, in `stage/judged.jsonl`
+    ({"visible", "correct" (None: the task has no hidden tests), "edit_size", "source"}), keyed by (task, index)."""
+    by_id = {task.id: task for task in tasks}
+    todo = [v for v in read_log(Path(out) / stage / VERDICTS) if v["status"] == "verified" and v["task"] in by_id]
+    texts = {(item["task"], item["index"]): item["text"] for item in read_samples(Path(out) / stage / "samples")}
+    files = TaskFiles(tasks)
+    judge = open_judge(out, settings)
+    try:
+        with AppendLog(Path(out) / stage / JUDGED, key=lambda item: (item["task"], item["index"])) as judged:
+            for verdict in todo:
+                key = (verdict["task"], verdict["index"])
+                if key in judged:
+                    continue
+                task = by_id[verdict["task"]]
+                solution, cases = files.get(task.id)
+                limits = Limits(wall_time=settings.test_timeout * len(cases) + 10,
+                                memory_bytes=settings.memory_mb << 20)
+                fixed = verify_answer(texts[key], file=solution, source=task.buggy_code, function=task.function_name,
+                                      tests=cases, config=RunConfig(test_timeout=settings.test_timeout,
+                                                                    setup_code=task.test_setup, limits=limits))
+                visible, correct = judge.judge(task, fixed.new_source) if fixed.new_source else (False, None)
+                judged.append({"task": key[0], "index": key[1], "visible": visible, "correct": correct,
+                               "edit_size": fixed.edit_size, "source": source_key(fixed.new_source)})
+            return dict(judged.items)
+    finally:
+        judge.close()
+        files.close()
+
+
 def summarize(out: Path, tasks: Sequence[TaskRecord], settings: EvalSettings) -> dict[str, Any]:
     """Scores from the verdicts on disk (a run cut short is scored over the tasks it finished)."""
     def verdicts(name: str) -> dict[str, list[dict[str, Any]]]:
@@ -214,38 +267,74 @@ def summarize(out: Path, tasks: Sequence[TaskRecord], settings: EvalSettings) ->
             by_task.setdefault(item["task"], []).append(item)
         return by_task
 
+    def judged(name: str) -> dict[tuple, dict[str, Any]]:
+        return {(item["task"], item["index"]): item for item in read_log(out / name / JUDGED)}
+
     def verified(item: dict[str, Any]) -> bool:
         return item["status"] == "verified"
 
+    def correct(item: dict[str, Any], hidden: dict[tuple, dict[str, Any]]) -> bool:
+        return verified(item) and bool(hidden.get((item["task"], item["index"]), {}).get("correct"))
+
     sampled, greedy, proxy = verdicts("sampled"), verdicts("greedy"), verdicts("proxy")
+    hidden = {name: judged(name) for name in ("sampled", "greedy", "proxy")}
+    judge = open_judge(out, settings)
+    try:
+        with_hidden = {task.id for task in tasks if judge.tests(task)}
+    finally:
+        judge.close()
     rows = []
     for task in tasks:
-        row: dict[str, Any] = {"task": task.id, "problem": task.problem_id}
+        row: dict[str, Any] = {"task": task.id, "problem": task.problem_id, "hidden_tests": task.id in with_hidden}
         if settings.samples and len(sampled.get(task.id, ())) >= settings.samples:
-            row.update(n=settings.samples, c=sum(map(verified, sampled[task.id][: settings.samples])))
+            first_n = sampled[task.id][: settings.samples]
+            row.update(n=settings.samples, c=sum(map(verified, first_n)))
+            if task.id in with_hidden:
+                row["c_correct"] = sum(correct(item, hidden["sampled"]) for item in first_n)
         if task.id in greedy:
             first = greedy[task.id][0]
             row.update(greedy=verified(first), rationale=bool((first.get("rationale") or "").strip()))
+            if task.id in with_hidden:
+                row["greedy_correct"] = correct(first, hidden["greedy"])
         if task.id in proxy:
             row["proxy"] = verified(proxy[task.id][0])
         rows.append(row)
     write_jsonl(out / RESULTS, rows)
 
-    def mean(values: list[float]) -> float | None:
-        return round(sum(values) / len(values), 4) if values else None
+    intervals: dict[str, Any] = {}
+
+    def mean(values: list[float], name: str) -> float | None:
+        """The mean over tasks, its 95% Wilson interval (n = tasks) recorded under `name`."""
+        if not values:
+            return None
+        value = sum(values) / len(values)
+        intervals[name] = [round(bound, 4) for bound in wilson(value * len(values), len(values))]
+        return round(value, 4)
 
     scored = [row for row in rows if "c" in row]
+    judged_rows = [row for row in scored if "c_correct" in row]
     summary: dict[str, Any] = {"tasks": len(tasks), "tasks_sampled": len(scored), "samples": settings.samples,
                                "verified_answers": sum(row["c"] for row in scored),
-                               "answers": sum(row["n"] for row in scored), "pass_at_k": {}}
+                               "answers": sum(row["n"] for row in scored), "pass_at_k": {},
+                               "tasks_hidden": len(with_hidden), "tasks_sampled_hidden": len(judged_rows),
+                               "correct_answers": sum(row["c_correct"] for row in judged_rows),
+                               "verified_answers_hidden": sum(row["c"] for row in judged_rows),
+                               "pass_at_k_correct": {}}
     for k in settings.ks:
         if settings.samples >= k:
-            summary["pass_at_k"][str(k)] = mean([pass_at_k(row["n"], row["c"], k) for row in scored])
-    summary["greedy_pass_at_1"] = mean([float(row["greedy"]) for row in rows if "greedy" in row])
-    summary["tasks_greedy"] = sum(1 for row in rows if "greedy" in row)
-    summary["greedy_with_rationale"] = mean([float(row["rationale"]) for row in rows if "greedy" in row])
-    summary["proxy_pass_at_1"] = mean([float(row["proxy"]) for row in rows if "proxy" in row])
+            summary["pass_at_k"][str(k)] = mean([pass_at_k(row["n"], row["c"], k) for row in scored], f"pass@{k}")
+            summary["pass_at_k_correct"][str(k)] = mean(
+                [pass_at_k(row["n"], row["c_correct"], k) for row in judged_rows], f"pass@{k} correct")
+    greedy_rows = [row for row in rows if "greedy" in row]
+    summary["greedy_pass_at_1"] = mean([float(row["greedy"]) for row in greedy_rows], "greedy pass@1")
+    summary["greedy_correct_pass_at_1"] = mean([float(row["greedy_correct"]) for row in greedy_rows
+                                                if "greedy_correct" in row], "greedy pass@1 correct")
+    summary["tasks_greedy"] = len(greedy_rows)
+    summary["tasks_greedy_hidden"] = sum(1 for row in greedy_rows if "greedy_correct" in row)
+    summary["greedy_with_rationale"] = mean([float(row["rationale"]) for row in greedy_rows], "greedy rationale")
+    summary["proxy_pass_at_1"] = mean([float(row["proxy"]) for row in rows if "proxy" in row], "proxy pass@1")
     summary["tasks_proxy"] = sum(1 for row in rows if "proxy" in row)
+    summary["intervals"] = intervals
     return summary
 
 
@@ -335,35 +424,59 @@ def _config_dict(config: CompareConfig) -> dict[str, Any]:
     return data
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+def _percent(value: float | None, interval: Sequence[float] | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" + (f" [{100 * interval[0]:.1f}-{100 * interval[1]:.1f}]" if interval else "")
 
 
 def results_table(summaries: Sequence[dict[str, Any]], settings: EvalSettings) -> str:
-    """A markdown table: one row per (model, trace), per dataset greedy pass@1, pass@k and proxy pass@1 (%)."""
+    """A markdown table: one row per (model, trace), per dataset greedy pass@1, pass@k and proxy pass@1 (%), each
+    with its 95% Wilson interval; "correct" columns (visible + hidden tests) for datasets with hidden tests."""
     datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
     ks = [k for k in settings.ks if settings.samples >= k]
-    columns = ["greedy pass@1"] if settings.greedy else []
-    columns += [f"pass@{k} (n={settings.samples})" for k in ks] + (["verified answers"] if ks else [])
-    columns += ["proxy pass@1"] if settings.proxy else []
-    header = ["model", "trace"] + [f"{d}: {c}" for d in datasets for c in columns]
+    hidden = {d for d in datasets if any(s.get("tasks_hidden") for s in summaries if s["dataset"] == d)}
+
+    def columns(dataset: str) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+        def rate(key: str, name: str, k: str | None = None) -> Callable[[dict[str, Any]], str]:
+            def cell(s: dict[str, Any]) -> str:
+                value = s.get(key, {}).get(k) if k else s.get(key)
+                return _percent(value, s.get("intervals", {}).get(name))
+            return cell
+
+        found: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+        if settings.greedy:
+            found.append(("greedy pass@1", rate("greedy_pass_at_1", "greedy pass@1")))
+            if dataset in hidden:
+                found.append(("greedy pass@1 correct", rate("greedy_correct_pass_at_1", "greedy pass@1 correct")))
+        for k in ks:
+            found.append((f"pass@{k} (n={settings.samples})", rate("pass_at_k", f"pass@{k}", str(k))))
+            if dataset in hidden:
+                found.append((f"pass@{k} correct", rate("pass_at_k_correct", f"pass@{k} correct", str(k))))
+        if ks:
+            found.append(("verified answers", lambda s: f"{s.get('verified_answers', 0)}/{s.get('answers', 0)}"))
+            if dataset in hidden:
+                found.append(("correct / verified answers", lambda s: f"{s.get('correct_answers', 0)}/"
+                                                                      f"{s.get('verified_answers_hidden', 0)}"))
+        if settings.proxy:
+            found.append(("proxy pass@1", rate("proxy_pass_at_1", "proxy pass@1")))
+        return found
+
+    header = ["model", "trace"] + [f"{d}: {title}" for d in datasets for title, _ in columns(d)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows: dict[tuple[str, bool], dict[str, dict[str, Any]]] = {}
     for s in summaries:
         rows.setdefault((s["label"], s["use_trace"]), {})[s["dataset"]] = s
     for (label, use_trace), cells in rows.items():
-        values = []
-        for dataset in datasets:
-            s = cells.get(dataset, {})
-            values += [_percent(s.get("greedy_pass_at_1"))] if settings.greedy else []
-            values += [_percent(s.get("pass_at_k", {}).get(str(k))) for k in ks]
-            values += [f"{s.get('verified_answers', 0)}/{s.get('answers', 0)}"] if ks else []
-            values += [_percent(s.get("proxy_pass_at_1"))] if settings.proxy else []
+        values = [cell(cells.get(d, {})) for d in datasets for _, cell in columns(d)]
         lines.append("| " + " | ".join([label, "yes" if use_trace else "no", *values]) + " |")
     counts = "; ".join(f"{d}: {max(max(s['tasks_greedy'], s['tasks_sampled']) for s in summaries if s['dataset'] == d)}"
-                       " tasks" for d in datasets)
-    lines += ["", f"Verified-fix rates in %, {settings.backend} backend, max {settings.max_new_tokens} new tokens, "
-              f"sampling at T={settings.temperature}, top-p {settings.top_p}. Tasks: {counts}."]
+                       " tasks" + (f" ({max(s['tasks_hidden'] for s in summaries if s['dataset'] == d)} with hidden "
+                                   "tests)" if d in hidden else "") for d in datasets)
+    lines += ["", f"Verified-fix rates in % with 95% Wilson intervals over tasks, {settings.backend} backend, max "
+              f"{settings.max_new_tokens} new tokens, sampling at T={settings.temperature}, top-p {settings.top_p}. "
+              f"Tasks: {counts}. \"correct\": the fix passes the visible and the hidden tests (over the tasks that "
+              "have hidden tests)."]
     if "mbpp-r-dev" in datasets:
         lines.append("For scale, the paper's Mbpp-R pass@1: " + ", ".join(f"{n} {v}" for n, v in PAPER_MBPPR) +
                      " (a different Mbpp-R, built by the authors, and models 1000x larger).")

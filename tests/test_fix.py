@@ -155,7 +155,7 @@ def test_one_ranked_list_when_both_are_asked(buggy_file: Path) -> None:
                '        s = s[:last] + s[last + 1:]\n    return s\n')
     runtime = ScriptedRuntime([format_answer("Rewritten.", rewrite), format_answer("Other.", PARTIAL_FIX)])
     report = fix_function(buggy_file, "remove_Occ", runtime,
-                          options=FixOptions(k=2, sample_after_search=True, search_verified=1))
+                          options=FixOptions(k=2, sample_after_search=True))
     sources = [(candidate.source, candidate.status) for candidate in report.candidates]
     # verified first, the one-line edit before the model's rewrite; then the partial answer
     assert sources == [("search", "verified"), ("model", "verified"), ("model", "partial")]
@@ -169,7 +169,7 @@ def test_a_model_answer_equal_to_a_search_fix_is_verified_once(buggy_file: Path)
     same_as_search = GOOD_FIX.replace("s = s[0:i] + s[i + 1:]", "s = s[0:i]   +   s[i + 1:]  # spaced")
     runtime = ScriptedRuntime([format_answer("Same edit.", same_as_search)])
     report = fix_function(buggy_file, "remove_Occ", runtime,
-                          options=FixOptions(k=1, sample_after_search=True, search_verified=1))
+                          options=FixOptions(k=1, sample_after_search=True))
     [sample] = [candidate for candidate in report.candidates if candidate.source == "model"]
     assert sample.status == "duplicate" and sample.reason.startswith("same code as search ")
 

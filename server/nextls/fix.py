@@ -56,7 +56,7 @@ class FixOptions:
     backend: str = "inprocess"
     search: bool = True  # search small edits of the suspicious lines before sampling the model
     search_budget: float = 20.0  # seconds the search may take
-    search_verified: int = 3  # the search stops after this many verified fixes
+    search_verified: int = 1  # the search stops after this many verified fixes (the first: fixes in seconds)
     sample_after_search: bool = False  # sample the model even when the search found a verified fix
 
 

@@ -403,3 +403,28 @@ workers = 1
                        models=models_again)
     assert (tmp_path / "out" / "results.md").read_text() == table
     assert evaluate_repair(str(dataset), out, settings, report_only=True)["methods"] == summary["methods"]
+
+
+def test_eval_method_search_command_line(tmp_path: Path) -> None:
+    """The real repair search (`nextls.search`) through `nextls-train eval --method search`."""
+    dataset = tmp_path / "toys.jsonl.gz"
+    write_jsonl(dataset, TOYS)
+    out = tmp_path / "search"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nextls_train.cli", "eval", *args], check=False,
+                              capture_output=True, text=True, timeout=600)
+
+    done = cli("--method", "search", "--dataset", str(dataset), "--search-budget", "10", "--quiet", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| dataset | method | tasks | bug class | verified % [95% CI] (n) | correct % [95% CI] (n) |" in done.stdout
+    rows = {row["task"]: row for row in read_log(out / "results.jsonl")}
+    assert set(rows) == {task.id for task in TOYS} and {row["method"] for row in rows.values()} == {"search"}
+    # triple: `x * 2` -> `x * 3` is one constant edit, and it passes the hidden test too.
+    assert rows["toy/triple"]["verified"] and rows["toy/triple"]["offered"][0]["correct"]
+    assert all(row["tried"] > 0 and row["seconds"] <= 60 for row in rows.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["search"]["all"]["all"]["tasks"] == 3
+
+    with_adapter = cli("--method", "model", "--lora", "a.gguf", "--dataset", str(dataset), "--out", str(out))
+    assert with_adapter.returncode == 2 and "the server's default one" in with_adapter.stderr

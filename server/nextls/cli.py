@@ -252,8 +252,7 @@ def command_serve(args: argparse.Namespace) -> int:
         if not host or not port.isdigit():
             raise UsageError(f"--tcp {args.tcp!r}: give HOST:PORT, e.g. 127.0.0.1:2087")
         tcp = (host, int(port))
-    serve(tcp=tcp, log_level=args.log_level)
-    return 0
+    return serve(tcp=tcp, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ A bad value never stops the server: it is reported as a warning and the default 
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -81,12 +82,18 @@ _NAMES = {
 }
 _CHOICES = {"test_discovery": TEST_DISCOVERY_MODES, "diagnostics": DIAGNOSTICS_MODES, "trace_backend": TRACE_BACKENDS}
 _MINIMUM = {"k": 1, "max_tokens": 1, "context_size": 256, "test_timeout": 0.1, "debounce_ms": 0,
-            "trace_failing": 0, "hover_budget_ms": 0, "temperature": 0.0, "top_p": 0.0, "threads": 1}
+            "trace_failing": 0, "hover_budget_ms": 0, "temperature": 0.0, "top_p": 0.0, "threads": 1,
+            "gpu_layers": -1}
+# Beyond these a value is a typo or an attack, not a choice: `debounceMs: 1e30` would mean saves never run.
+_MAXIMUM = {"k": 64, "max_tokens": 32768, "context_size": 1 << 20, "test_timeout": 3600.0, "debounce_ms": 60_000,
+            "trace_failing": 1000, "hover_budget_ms": 60_000, "temperature": 10.0, "top_p": 1.0, "threads": 1024,
+            "gpu_layers": 100_000}
 _TYPES = {field.name: field.type for field in fields(Settings)}
 
 
 def _convert(name: str, value: Any) -> Any:
     kind = _TYPES[name]
+    given = value
     optional = "None" in kind
     if value is None or (optional and value == ""):
         if optional:
@@ -97,11 +104,12 @@ def _convert(name: str, value: Any) -> Any:
             raise ValueError(f"must be true or false, not {value!r}")
         return value
     if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value:
             raise ValueError(f"must be a whole number, not {value!r}")
         value = int(value)
     elif kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"must be a number, not {value!r}")
         value = float(value)
     elif kind.startswith("str"):
@@ -110,7 +118,9 @@ def _convert(name: str, value: Any) -> Any:
         if name in _CHOICES and value not in _CHOICES[name]:
             raise ValueError(f"must be one of {', '.join(_CHOICES[name])}, not {value!r}")
     if name in _MINIMUM and value < _MINIMUM[name]:
-        raise ValueError(f"must be at least {_MINIMUM[name]}, not {value!r}")
+        raise ValueError(f"must be at least {_MINIMUM[name]}, not {given!r}")
+    if name in _MAXIMUM and value > _MAXIMUM[name]:
+        raise ValueError(f"must be at most {_MAXIMUM[name]}, not {given!r}")
     return value
 
 

@@ -5,8 +5,8 @@ debounced job finds every function's tests (static discovery, cheap), runs all o
 run (untraced: that is the fast part) and publishes one diagnostic per failing function, on its name, with
 the failing tests as related information. A newer save cancels the older run (its processes are killed).
 Then, still in the background, the failing functions are traced (the `traceBackend`, debugpy by
-default), so that hovers and inlay hints are there by the time the user looks; nothing here ever runs on
-the event loop, so typing is never blocked.
+default; the function under the cursor first, see `prefetch`), so that hovers and inlay hints are there
+by the time the user looks; nothing here ever runs on the event loop, so typing is never blocked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from lsprotocol import types
 
-from nextls.discovery import discover_tests, find_workspace_root, target_module
+from nextls.discovery import discover_all_tests, find_workspace_root, target_module
 from nextls.lsp.config import Settings
 from nextls.lsp.jobs import Cancelled, Job
 from nextls.lsp.state import Analysis, FunctionStatus, Snapshot, function_key, functions_of, split_lines
@@ -54,11 +54,11 @@ def analyze(snap: Snapshot, settings: Settings, cancel=None) -> Analysis:
     root = find_workspace_root(snap.path)
     found: dict[str, tuple] = {}
     tests_by_id: dict[str, TestCase] = {}
+    discovered = discover_all_tests(snap.path, snap.source, spans, root=root)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("analysis cancelled")
     for span in spans:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("analysis cancelled")
-        tests = [test for test in discover_tests(snap.path, snap.source, span, root=root)
-                 if _kept(test, settings.test_discovery, snap.path)]
+        tests = [test for test in discovered[span.qualname] if _kept(test, settings.test_discovery, snap.path)]
         if tests:
             found[span.qualname] = (span, tests)
             tests_by_id.update((test.id, test) for test in tests)
@@ -80,19 +80,9 @@ def analyze(snap: Snapshot, settings: Settings, cancel=None) -> Analysis:
 
 
 def _first_line(text: str, limit: int = 200) -> str:
-    """One line for a test's result: a doctest's report becomes `example expected X, got Y`."""
-    lines = [line for line in text.strip().splitlines() if line.strip() and set(line.strip()) != {"*"}
-             and not line.lstrip().startswith('File "')]
-    if "Failed example:" in (stripped := [line.strip() for line in lines]):
-        start = stripped.index("Failed example:")
-        example = stripped[start + 1] if start + 1 < len(stripped) else ""
-        expected = " ".join(stripped[stripped.index("Expected:") + 1: stripped.index("Got:")]) \
-            if "Expected:" in stripped and "Got:" in stripped else ""
-        got = " ".join(stripped[stripped.index("Got:") + 1:]) if "Got:" in stripped else ""
-        prefix = lines[0].split(":", 1)[0] if lines else "failed"
-        line = f"{prefix}: {example} expected {expected}, got {got}" if expected or got else f"{prefix}: {example}"
-    else:
-        line = lines[0] if lines else ""
+    """One line for a test's result (pytest's reports can run to many lines)."""
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.lstrip().startswith('File "')]
+    line = lines[0] if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -232,22 +222,5 @@ def _analysis_job(ls: NextLanguageServer, snap: Snapshot, settings: Settings, jo
     failing = [status for status in analysis.functions.values() if status.failing]
     ls.log(f"nextls: ran the tests of {snap.path.name} in {analysis.seconds:.2f}s: "
            f"{len(failing)} function(s) failing of {len(analysis.functions)} tested")
-    _trace_failing(ls, snap, failing[: settings.trace_failing], job)
+    ls.prefetch.trace_in_background(analysis, settings.trace_failing, job.cancel)
     return analysis
-
-
-def _trace_failing(ls: NextLanguageServer, snap: Snapshot, failing: list[FunctionStatus], job: Job) -> None:
-    """Trace the failing functions one at a time, so hovers and inlay hints are ready; stop if superseded."""
-    for status in failing:
-        if job.cancel.is_set():
-            return
-        if ls.state.trace(snap.uri, status.span.qualname, status.digest) is not None:
-            continue
-        tracing = ls.workbench.trace(snap, status.span.qualname, key=status.digest)
-        while not tracing.done:
-            if job.cancel.wait(0.05):
-                tracing.cancel.set()
-                return
-        error = tracing.future.exception()
-        if error is not None and not tracing.cancel.is_set():
-            ls.log(f"nextls: tracing {status.span.qualname} failed: {error}", types.MessageType.Warning)

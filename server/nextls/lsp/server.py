@@ -16,30 +16,80 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.capabilities import get_capability
+from pygls.exceptions import FeatureRequestError
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.json_rpc import RPCRequest
+from pygls.protocol.language_server import lsp_method
 from pygls.uris import to_fs_path
 from pygls.workspace import TextDocument
 
 from nextls import __version__
-from nextls.lsp import code_actions, commands, diagnostics, hover, inlay_hints
+from nextls.lsp import code_actions, commands, diagnostics, hover, inlay_hints, transport
 from nextls.lsp.config import SECTION, Settings, parse_settings, section_of
 from nextls.lsp.jobs import Job, JobRunner, ModelHost
+from nextls.lsp.prefetch import Prefetcher, document_highlight
 from nextls.lsp.state import ServerState, Snapshot, UnknownDocument, Workbench
+from nextls.runner import prestart_worker
 
 logger = logging.getLogger(__name__)
 
+EXIT_GRACE_S = 2.0  # how long cancelled jobs get, on exit, to kill their test processes
+
+
+SERVER_NOT_INITIALIZED = -32002
+INTERNAL_ERROR = -32603
+# notifications about a document that only make sense once it is open
+_OPEN_DOCUMENT_NOTIFICATIONS = (types.TEXT_DOCUMENT_DID_CHANGE, types.TEXT_DOCUMENT_DID_SAVE,
+                                types.TEXT_DOCUMENT_DID_CLOSE)
+
 
 class NextProtocol(LanguageServerProtocol):
-    """pygls' protocol, plus hooks run on `$/cancelRequest` (pygls alone cannot stop a command's work)."""
+    """pygls' protocol, plus the LSP lifecycle rules pygls leaves out (one `initialize`, nothing before it,
+    no requests after `shutdown`, notifications about documents that are not open dropped), one-line errors
+    without tracebacks, `exit` that ends the session, and hooks run on `$/cancelRequest` (pygls alone cannot
+    stop a command's work)."""
+
+    _server: NextLanguageServer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cancel_hooks: dict[Any, list[Callable[[], None]]] = {}
+
+    def handle_message(self, message: Any) -> None:
+        method = getattr(message, "method", None)
+        if method is None:  # a response to one of our requests
+            super().handle_message(message)
+            return
+        request_id = message.id if isinstance(message, RPCRequest) else None
+        refusal = None
+        if self._workspace is None and method not in (types.INITIALIZE, types.EXIT):
+            refusal = SERVER_NOT_INITIALIZED, f"{method} before initialize"
+        elif method == types.INITIALIZE and self._workspace is not None:
+            refusal = transport.INVALID_REQUEST, "initialize was already received: the server is initialized once"
+        elif self._shutdown and method != types.EXIT:
+            refusal = transport.INVALID_REQUEST, f"{method} after shutdown: only exit is accepted"
+        elif method in _OPEN_DOCUMENT_NOTIFICATIONS and not self._is_open(message.params.text_document.uri):
+            refusal = None, f"{method} for {message.params.text_document.uri}, which is not open"
+        if refusal is None:
+            super().handle_message(message)
+            return
+        code, reason = refusal
+        if request_id is not None and code is not None:
+            self._send_response(request_id, error=types.ResponseError(code=code, message=reason))
+        logger.warning("ignored %s", reason)
+
+    def _is_open(self, uri: str) -> bool:
+        return unquote(uri) in self.workspace.text_documents
+
+    @lsp_method(types.EXIT)
+    def lsp_exit(self, *args: Any) -> None:
+        self._server.stop(0 if self._shutdown else 1)
 
     def _handle_cancel_notification(self, msg_id: Any) -> None:
         for hook in self.cancel_hooks.pop(msg_id, []):
@@ -51,6 +101,9 @@ class NextProtocol(LanguageServerProtocol):
 
     def _send_response(self, msg_id: Any, result: Any | None = None, error: Any = None) -> None:
         self.cancel_hooks.pop(msg_id, None)
+        if error is not None:  # the client gets one line; an internal error's traceback stays in the log
+            error = types.ResponseError(code=error.code, message=transport.one_line(error.message) or "error",
+                                        data=None if error.code == INTERNAL_ERROR else error.data)
         super()._send_response(msg_id, result, error)
 
 
@@ -90,6 +143,7 @@ class NextLanguageServer(LanguageServer):
         self.models = ModelHost(on_load=lambda message: self.log(f"nextls: {message}"))
         self.jobs = JobRunner(progress=self._progress_for)
         self.workbench = Workbench(self)
+        self.prefetch = Prefetcher(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self.debounce_timers: dict[str, asyncio.TimerHandle] = {}
@@ -97,6 +151,63 @@ class NextLanguageServer(LanguageServer):
         self.settings_ready = False
         self.waiting_for_settings: list[tuple[str, str]] = []
         self.analysis_jobs: dict[str, Job] = {}
+        self.exit_code: int | None = None  # set by `exit`, a lost client or SIGTERM
+        self._stopping: asyncio.Event | None = None
+
+    # -- the connection --------------------------------------------------------------------------------
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """Serve one client over stdin/stdout until it exits or closes its end."""
+        self.protocol.set_writer(transport.QuietWriter(stdout or sys.stdout.buffer, on_lost=lambda: self.stop(1)))
+
+        async def session() -> None:
+            chunks = transport.stream_chunks(stdin or sys.stdin.buffer)
+            await transport.pump_messages(self.protocol, chunks, self._until_stopped())
+
+        asyncio.run(session())
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve clients on a TCP port, one connection after the other, until one sends `exit`."""
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(transport.QuietWriter(writer))
+            await transport.pump_messages(self.protocol, transport.socket_chunks(reader), stopping)
+            writer.close()
+
+        async def listen() -> None:
+            nonlocal stopping
+            stopping = self._until_stopped()
+            async with await asyncio.start_server(connected, host, port):
+                await stopping.wait()
+
+        stopping: asyncio.Event
+        asyncio.run(listen())
+
+    def _until_stopped(self) -> asyncio.Event:
+        self._stopping = asyncio.Event()
+        if hasattr(signal, "SIGTERM"):  # SIGTERM ends the session like `exit`: children are killed on the way out
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop, 128 + signal.SIGTERM)
+        return self._stopping
+
+    def stop(self, exit_code: int) -> None:
+        """On the event loop: end the session; nothing more is read or sent, and `serve` returns `exit_code`."""
+        if self.exit_code is None:
+            self.exit_code = exit_code
+        for timer in self.debounce_timers.values():
+            timer.cancel()
+        self.jobs.cancel_all()
+        self.protocol.writer.close()
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """pygls' hook for errors outside a request's response: one log line, no popup, no traceback sent."""
+        details = getattr(error, "data", None)
+        traceback_lines = details.get("traceback") if isinstance(details, dict) else None
+        logger.error("%s%s", error, "\n" + "".join(traceback_lines) if traceback_lines else "")
+        if source is not FeatureRequestError:  # a request's error is in its response already
+            self.log(f"nextls: internal error: {transport.one_line(str(error))} (details in the server's log)",
+                     types.MessageType.Error)
 
     # -- thread-safe messaging -------------------------------------------------------------------------
 
@@ -215,6 +326,9 @@ async def _initialized(ls: NextLanguageServer, params: types.InitializedParams) 
                 register_options={"section": SECTION})]))
         except Exception as error:
             ls.log(f"nextls: could not register for configuration changes: {error}", types.MessageType.Warning)
+    # the first diagnostics run then finds a test worker with pytest already loaded
+    root = to_fs_path(ls.workspace.root_uri) if ls.workspace.root_uri else None
+    prestart_worker(ls.settings.run_config(), read_paths=[root] if root else [])
     ls.log(f"nextls {__version__} ready (python {ls.settings.interpreter}, trace backend {ls.settings.trace_backend})")
 
 
@@ -239,7 +353,9 @@ def _did_save(ls: NextLanguageServer, params: types.DidSaveTextDocumentParams) -
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def _did_change(ls: NextLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
-    pass  # typing never starts work: tests run on open/save (debounced) or on demand
+    # typing never starts work (tests run on open/save, debounced, or on demand); where it happens says
+    # which failing function to trace first
+    ls.prefetch.note_edit(params)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -252,12 +368,19 @@ def _did_close(ls: NextLanguageServer, params: types.DidCloseTextDocumentParams)
     if job is not None:
         job.cancel.set()
     ls.state.forget_document(uri)
+    ls.prefetch.forget(uri)
     diagnostics.clear(ls, uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_HOVER)
 async def _hover(ls: NextLanguageServer, params: types.HoverParams) -> types.Hover | None:
     return await hover.hover(ls, params)
+
+
+@server.feature(types.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
+def _document_highlight(ls: NextLanguageServer, params: types.DocumentHighlightParams
+                        ) -> list[types.DocumentHighlight] | None:
+    return document_highlight(ls, params)
 
 
 @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
@@ -268,6 +391,7 @@ def _inlay_hints(ls: NextLanguageServer, params: types.InlayHintParams) -> list[
 @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
     code_action_kinds=[types.CodeActionKind.QuickFix, code_actions.UNVERIFIED_KIND], resolve_provider=True))
 def _code_actions(ls: NextLanguageServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+    ls.prefetch.note_cursor(params.text_document.uri, params.range.start.line)  # sent as the selection moves
     return code_actions.code_actions(ls, params)
 
 
@@ -303,8 +427,12 @@ for _name, _handler in {
     _register_command(_name, _handler)
 
 
-def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> None:
-    """Run the server until the client disconnects (stdio) or forever (TCP)."""
+def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> int:
+    """Run the server until the client sends `exit` or closes its end (stdio), or until `exit` (TCP).
+
+    Returns the process' exit code: 0 after `shutdown` then `exit`, 1 when the session ended without a
+    `shutdown` (as LSP says), 128 + 15 on SIGTERM.
+    """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="nextls %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nextls").setLevel(log_level)
@@ -313,13 +441,16 @@ def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> Non
     try:
         if tcp is not None:
             server.start_tcp(*tcp)
-            return
-        # LSP owns the real stdout; anything else that writes to fd 1 (a stray print, native code) goes to
-        # stderr instead of corrupting the protocol stream.
-        protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        sys.stdout = sys.stderr
-        server.start_io(sys.stdin.buffer, protocol_out)
+        else:
+            # LSP owns the real stdout; anything else that writes to fd 1 (a stray print, native code) goes to
+            # stderr instead of corrupting the protocol stream.
+            protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+            os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+            sys.stdout = sys.stderr
+            server.start_io(sys.stdin.buffer, protocol_out)
     finally:
         server.jobs.cancel_all()
-        server.jobs.wait_idle(3.0)
+        server.jobs.wait_idle(EXIT_GRACE_S)
+    if server.exit_code is not None:
+        return server.exit_code
+    return 0 if server.protocol._shutdown else 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +105,19 @@ def test_suspicious_lines_of_the_example_put_the_buggy_line_first(tmp_path: Path
     shutil.copy(EXAMPLES / "remove_occ.py", file)
     ranked = suspicious_lines(trace_function(file, "remove_Occ"))
     assert ranked[0].line == 12 and ranked[0].failed == 3 and UNCHANGED in ranked[0].reasons
+
+
+def test_cli_trace_suspicious_prints_the_ranking(tmp_path: Path) -> None:
+    file = tmp_path / "remove_occ.py"
+    shutil.copy(EXAMPLES / "remove_occ.py", file)
+    done = subprocess.run([sys.executable, "-m", "nextls", "trace", f"{file}::remove_Occ", "--suspicious", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    ranking = json.loads(done.stdout)["suspicious"]
+    assert ranking[0]["line"] == 12 and ranking[0]["failed"] == 3 and UNCHANGED in ranking[0]["reasons"]
+    done = subprocess.run([sys.executable, "-m", "nextls", "trace", f"{file}::remove_Occ", "--suspicious"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert "#   line 12: 1.75 (run by 3 failing and 0 passing test(s)" in done.stdout
 
 
 # -- edit operators ----------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per example for the time to the first fix")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of the throughput run per example")
     args = parser.parse_args()
-    print(f"# Python {platform.python_version()}, {os.cpu_count()} CPU(s); first fix: p50/p90 of {args.repeat} "
-          f"runs; throughput: one search of at most {args.budget:.0f}s that never stops at a verified fix")
+    print(f"# Python {platform.python_version()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; "
+          f"first fix: p50/p90 of {args.repeat} runs; throughput: one search of at most {args.budget:.0f}s that "
+          f"never stops at a verified fix")
     print(f"{'example':<30} {'tests':<12} {'first fix p50':>13} {'p90':>6} {'search p50':>10}  "
           f"{'tried':>6} {'cand/s':>7}  fix")
     with tempfile.TemporaryDirectory() as folder:
@@ -62,6 +63,7 @@ def main() -> None:
             print(f"{name + '::' + function:<30} {tests:<12} {statistics.median(totals):>12.2f}s "
                   f"{percentile(totals, 0.9):>5.2f}s {statistics.median(searches):>9.2f}s  {everything.tried:>6} "
                   f"{rate:>7.1f}  {description}")
+    print(f"# load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

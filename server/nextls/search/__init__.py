@@ -153,15 +153,16 @@ def _rationale(report: TraceReport, result: FixCandidate) -> str:
 
 
 def _pairs(tried: Sequence[tuple[FixCandidate, tuple[Edit, ...]]]) -> Iterator[tuple[Edit, ...]]:
-    """Pairs of the unverified single edits that passed the most tests (then by their search order), not
-    overlapping."""
+    """Pairs of the unverified single edits that passed the most tests, not overlapping: first the pairs
+    whose two edits together pass the most different tests (each may fix what the other does not), then by
+    their search order."""
     singles = [(candidate, edits[0]) for candidate, edits in tried if len(edits) == 1 and not candidate.verified]
     pool = sorted(singles, key=lambda item: -item[0].passed)[:PAIR_POOL]
-    order = {id(edit): rank for rank, (_, edit) in enumerate(pool)}
-    pairs = [(first, second) for (_, first), (_, second) in itertools.combinations(pool, 2)
-             if not overlap(first, second)]
-    pairs.sort(key=lambda pair: order[id(pair[0])] + order[id(pair[1])])
-    yield from pairs
+    passing = [{result.id for result in candidate.results if result.passed} for candidate, _ in pool]
+    pairs = [(len(passing[i] | passing[j]), i + j, pool[i][1], pool[j][1])
+             for i, j in itertools.combinations(range(len(pool)), 2) if not overlap(pool[i][1], pool[j][1])]
+    pairs.sort(key=lambda pair: (-pair[0], pair[1]))
+    yield from ((first, second) for _, _, first, second in pairs)
 
 
 class _FunctionRegion:

@@ -11,7 +11,8 @@ the task's hidden tests:
   task only when the task's own reference fix passes them (checked once per fix, recorded with the reason).
 
 `HiddenJudge` runs each fix once in the sandbox (visible + hidden tests, `nextls_train.data.probe`) and appends
-the verdict to a JSONL log keyed by (task, sha256 of the module), so a rerun resumes.
+the verdict to a JSONL log keyed by (task, sha256 of the module; the problem for a reference check), so a
+rerun resumes.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class HiddenJudge:
         """Why the task's hidden tests are not used (its reference fix fails them), or None."""
         if task.hidden_tests or not self.candidate_tests(task):
             return None  # a record's own hidden tests were checked against its reference fix when it was built
-        reference = self._run(task, task.fix_code, self.candidate_tests(task))
+        # Tasks of one problem share MBPP's reference solution: it runs once per problem.
+        reference = self._run(task.problem_id, task, task.fix_code, self.candidate_tests(task))
         if reference["visible"] and reference["hidden"]:
             return None
         return f"the reference fix fails them: {reference['message']}"
@@ -102,18 +104,18 @@ class HiddenJudge:
         test passes, correct when the hidden tests pass too; correct is None when the task has no usable hidden
         tests. The visible tests run again here, all of them, whatever the method under test ran."""
         hidden = self.tests(task)
-        verdict = self._run(task, source, hidden)
+        verdict = self._run(task.id, task, source, hidden)
         return verdict["visible"], (verdict["visible"] and verdict["hidden"]) if hidden else None
 
-    def _run(self, task: TaskRecord, source: str, hidden: list[str]) -> dict[str, Any]:
-        key = (task.id, source_key(source))
+    def _run(self, name: str, task: TaskRecord, source: str, hidden: list[str]) -> dict[str, Any]:
+        key = (name, source_key(source))
         with self._lock:
             if key in self._log:
                 return self._log.items[key]
         found = probe(source, task.function_name, task.tests, setup=task.test_setup, hidden=hidden,
                       settings=self.settings, workspace=self._workspace, trace=False)
         failing = [result for result in [*found.results, *found.hidden] if not result.passed]
-        verdict = {"task": task.id, "source": key[1], "visible": all(r.passed for r in found.results),
+        verdict = {"task": name, "source": key[1], "visible": all(r.passed for r in found.results),
                    "hidden": all(r.passed for r in found.hidden),
                    "message": f"{failing[0].outcome.value}: {failing[0].message[:300]}" if failing else ""}
         with self._lock:

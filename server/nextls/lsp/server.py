@@ -133,6 +133,18 @@ class WorkDoneProgress:
         self.ls.work_done_progress.tokens.pop(self.token, None)
 
 
+def _expect_cancelled_handlers() -> None:
+    """The session is over: asyncio now cancels the handlers still running (a command waiting for its fix),
+    and pygls' done-callbacks re-raise each CancelledError into the loop's error log. Expected: not logged."""
+    loop = asyncio.get_running_loop()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 class NextLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("nextls", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
@@ -163,6 +175,7 @@ class NextLanguageServer(LanguageServer):
         async def session() -> None:
             chunks = transport.stream_chunks(stdin or sys.stdin.buffer)
             await transport.pump_messages(self.protocol, chunks, self._until_stopped())
+            _expect_cancelled_handlers()
 
         asyncio.run(session())
 
@@ -179,6 +192,7 @@ class NextLanguageServer(LanguageServer):
             stopping = self._until_stopped()
             async with await asyncio.start_server(connected, host, port):
                 await stopping.wait()
+            _expect_cancelled_handlers()
 
         stopping: asyncio.Event
         asyncio.run(listen())

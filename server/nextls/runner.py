@@ -1,7 +1,7 @@
 """Run a function's tests in the sandbox, optionally tracing one of them, and report per test.
 
-A run is a fork of a warm test worker (`nextls.worker`) running `child/nextls_harness.py`; a trace under
-debugpy runs the harness in a fresh interpreter instead, under the debugger. A test that kills its process
+A run is a fork of a warm test worker (`nextls.worker`) running `child/nextls_harness.py`, under the
+debugger for a debugpy trace (`nextls.trace.debugpy_backend`). A test that kills its process
 (timeout, crash, `os._exit`) is blamed from the harness's start markers and the remaining tests run again
 in a fresh process. Results count only with the MAC of the run's secret (see the harness).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nextls.child.nextls_harness import record_mac
 from nextls.messages import readable
-from nextls.sandbox import Limits, Outcome, ProcessResult, child_env, sandbox_dir
+from nextls.sandbox import Limits, Outcome, ProcessResult, child_env
 from nextls.trace.model import Trace
 from nextls.worker import POOL, TestWorker
 
@@ -129,8 +129,7 @@ def run_tests(target: TargetModule, tests: Sequence[TestCase], config: RunConfig
         with _run_folder(target, remaining, config, trace) as (work_dir, worker):
             secret = secrets.token_hex(16)
             spec = _spec(target, remaining, config, work_dir, trace, coverage)
-            process, trace_data = _run_child(dict(spec, secret=secret), config, work_dir, worker, trace, cancel,
-                                             _read_paths(target))
+            process, trace_data = _run_child(dict(spec, secret=secret), config, work_dir, worker, trace, cancel)
             report.processes.append(process)
             if process.outcome is Outcome.CANCELLED:
                 raise RunCancelled("the test run was cancelled")
@@ -218,16 +217,17 @@ def _spec(target: TargetModule, tests: Sequence[TestCase], config: RunConfig, wo
 
 @contextlib.contextmanager
 def _run_folder(target: TargetModule, tests: Sequence[TestCase], config: RunConfig,
-                trace: TraceRequest | None) -> Iterator[tuple[Path, TestWorker | None]]:
-    """The folder a run works in, and the warm worker that will fork it (none for a debugpy trace, which
-    runs in an interpreter of its own under the debugger)."""
+                trace: TraceRequest | None) -> Iterator[tuple[Path, TestWorker]]:
+    """The folder a run works in, and the warm worker that will fork it (for a debugpy trace, a worker
+    made for the debugger)."""
+    limits, read_paths = config.limits, _read_paths(target)
     if trace is not None and trace.backend == "debugpy":
-        with sandbox_dir() as work_dir:
-            yield Path(work_dir), None
-        return
+        from nextls.trace import debugpy_backend
+
+        limits, read_paths = debugpy_backend.debug_worker(limits, read_paths)
     pytest = any(test.kind == "pytest" for test in tests)
-    with POOL.worker(config.python, config.limits, _run_env(CHILD_DIR), pytest=pytest,
-                     read_paths=_read_paths(target)) as worker, worker.run_folder() as work_dir:
+    with POOL.worker(config.python, limits, _run_env(CHILD_DIR), pytest=pytest,
+                     read_paths=read_paths) as worker, worker.run_folder() as work_dir:
         yield Path(work_dir), worker
 
 
@@ -236,17 +236,13 @@ def _read_paths(target: TargetModule) -> list[str]:
     return [target.root, *target.sys_path, str(Path(target.filename).parent)]
 
 
-def _run_child(spec: dict, config: RunConfig, work_dir: Path, worker: TestWorker | None, trace: TraceRequest | None,
-               cancel: threading.Event | None, read_paths: list[str]) -> tuple[ProcessResult, dict | None]:
+def _run_child(spec: dict, config: RunConfig, work_dir: Path, worker: TestWorker, trace: TraceRequest | None,
+               cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
     env = _run_env(work_dir)
-    if worker is None:
+    if trace is not None and trace.backend == "debugpy":
         from nextls.trace import debugpy_backend
 
-        spec_path = work_dir / "spec.json"  # the harness deletes it (it holds the secret) before user code runs
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        argv = [config.python, str(HARNESS), str(spec_path)]
-        return debugpy_backend.run_traced(argv, env, work_dir, spec["trace"], config.limits, cancel,
-                                          read_paths=read_paths)
+        return debugpy_backend.run_traced(worker, spec, work_dir, env, config.limits, cancel)
     process = worker.run(spec, cwd=work_dir, env=env, limits=config.limits, cancel=cancel)
     trace_path = Path(spec["trace"]["out"]) if trace is not None else None
     trace_data = json.loads(trace_path.read_text("utf-8")) if trace_path and trace_path.exists() else None

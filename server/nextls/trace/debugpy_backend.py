@@ -8,6 +8,9 @@ round trip; the injected recorder costs microseconds a line and no traffic at al
 in-process backend runs the very same recorder, both render byte-identical traces.
 
 Where the time went, and what was cut (tests/benchmarks/bench_trace.py):
+* a fresh interpreter for every trace, importing pytest again: the debuggee is a fork of a warm test
+  worker like every other run (a worker of its own, which keeps the host's network for the debugger's
+  port), so only debugpy is imported and started per trace;
 * pydevd's own tracing of every frame once attached, during the test and through pytest's reporting and
   teardown after it: the first `evaluate` turns it off for the test's thread before it starts the
   recorder, and the second leaves it off, so only the recorder traces;
@@ -26,16 +29,20 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import debugpy
 
-from nextls.sandbox import Limits, Outcome, ProcessResult, run_process
+from nextls.sandbox import Limits, Outcome, ProcessResult
 from nextls.trace.dap import DapClient, DapError
 
+if TYPE_CHECKING:
+    from nextls.worker import TestWorker
+
 RECORDER_SOURCE_PATH = Path(__file__).resolve().parent.parent / "child" / "nextls_recorder.py"
+_DEBUGPY_DIR = Path(debugpy.__file__).resolve().parent
 # pydevd warns on stderr about frozen stdlib modules (they only hide breakpoints in the stdlib)
 DEBUGGEE_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
@@ -51,7 +58,7 @@ def shim_dir() -> Path:
         if _shim is None:
             folder = Path(tempfile.mkdtemp(prefix="nextls-debugpy-"))
             os.chmod(folder, 0o755)  # a sandboxed child may run as another user
-            (folder / "debugpy").symlink_to(Path(debugpy.__file__).resolve().parent)
+            (folder / "debugpy").symlink_to(_DEBUGPY_DIR)
             atexit.register(shutil.rmtree, folder, True)
             _shim = folder
         return _shim
@@ -77,25 +84,34 @@ def _stop_and_write(trace_spec: dict) -> str:
     return f"(__import__('sys').modules['nextls_recorder'].stop({trace_spec['out']!r}), {_no_debugger_tracing()})"
 
 
-def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec: dict, limits: Limits,
-               cancel: threading.Event | None, read_paths: Sequence[str] = ()) -> tuple[ProcessResult, dict | None]:
-    """Run the harness under debugpy and drive it; return the process result and the recorded trace."""
-    env = dict(env, **DEBUGGEE_ENV,
-               PYTHONPATH=os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(shim_dir())])))
-    # the client connects to the debuggee's port: it keeps the host's network, and reads debugpy's folder
-    limits = replace(limits, network=True)
-    read_paths = [*read_paths, str(Path(debugpy.__file__).resolve().parent)]
+def debug_worker(limits: Limits, read_paths: list[str]) -> tuple[Limits, list[str]]:
+    """The limits and read paths of the warm test worker whose forks run under the debugger: it keeps the
+    host's network (the client connects to the debuggee's port) and reads debugpy (see `shim_dir`)."""
+    return replace(limits, network=True), [*read_paths, str(shim_dir()), str(_DEBUGPY_DIR)]
+
+
+def run_traced(worker: TestWorker, spec: dict, work_dir: Path, env: dict[str, str], limits: Limits,
+               cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
+    """Run the harness on `spec` in a fork of `worker` (one made with `debug_worker`) under debugpy, and
+    drive it; return the process result and the recorded trace."""
+    spec = dict(spec, sys_path=[*spec["sys_path"], str(shim_dir())])  # the user's own paths first
+    env = dict(env, **DEBUGGEE_ENV)
     abort = threading.Event()
     outcome: list[ProcessResult] = []
-    child = threading.Thread(
-        target=lambda: outcome.append(run_process(argv, cwd=work_dir, env=env, limits=limits, cancel=abort,
-                                                  read_paths=read_paths)),
-        name="nextls-debuggee", daemon=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(worker.run(spec, cwd=work_dir, env=env, limits=limits, cancel=abort))
+        except BaseException as error:  # raised again in the caller's thread below
+            failure.append(error)
+
+    child = threading.Thread(target=run, name="nextls-debuggee", daemon=True)
     child.start()
     watcher = _CancelWatcher(cancel, abort)
     lost: DapError | None = None
     try:
-        _drive(trace_spec, child, limits.wall_time)
+        _drive(spec["trace"], child, limits.wall_time)
     except DapError as error:
         # the debuggee often closes the connection as it exits; one still alive after a grace period
         # would sit stopped until its time limit
@@ -106,11 +122,13 @@ def run_traced(argv: list[str], env: dict[str, str], work_dir: Path, trace_spec:
     finally:
         watcher.stop()
         child.join()
+    if failure:
+        raise failure[0]
     result = outcome[0]
     if lost is not None and not (cancel is not None and cancel.is_set()):
         # our abort, not the caller's cancel: report a failed run, not a cancelled one
         result = replace(result, outcome=Outcome.CRASHED, stderr=f"{result.stderr}\ndebug session lost: {lost}")
-    out = Path(trace_spec["out"])
+    out = Path(spec["trace"]["out"])
     return result, (json.loads(out.read_text("utf-8")) if out.exists() else None)
 
 

@@ -249,9 +249,16 @@ def _run_child(spec: dict, config: RunConfig, work_dir: Path, worker: TestWorker
     return process, trace_data
 
 
-def prestart_worker(config: RunConfig = RunConfig(), read_paths: Sequence[str] = ()) -> None:
-    """Warm a test worker for `config` in the background (pytest loaded), before the first run needs it."""
-    POOL.prestart(config.python, config.limits, _run_env(CHILD_DIR), pytest=True, read_paths=read_paths)
+def prestart_worker(config: RunConfig = RunConfig(), read_paths: Sequence[str] = (), *,
+                    debugger: bool = False) -> None:
+    """Warm a test worker for `config` in the background (pytest loaded), before the first run needs it;
+    with `debugger`, the one that debugpy traces fork."""
+    limits, read_paths = config.limits, list(read_paths)
+    if debugger:
+        from nextls.trace import debugpy_backend
+
+        limits, read_paths = debugpy_backend.debug_worker(limits, read_paths)
+    POOL.prestart(config.python, limits, _run_env(CHILD_DIR), pytest=True, read_paths=read_paths)
 
 
 def _run_env(work_dir: Path) -> dict[str, str]:

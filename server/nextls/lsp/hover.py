@@ -1,10 +1,11 @@
 """Hover: what a line or a name did during the failing test, and then why the function fails.
 
-On a traced function (see `diagnostics`: failing functions are traced in the background) the hover
-shows, straight from the cached trace, the values a line changed at each step it ran, or every value a
-variable took; then the model's explanation of the failure once it has been computed (in the background,
-cached by the function's code and tests). A hover waits for neither longer than `hoverBudgetMs`: it
-says "being computed" instead, and the next hover has it.
+On a traced function (see `diagnostics` and `prefetch`: failing functions are traced in the background,
+the one under the cursor first) the hover shows, straight from the cached trace, the values a line
+changed at each step it ran, or every value a variable took; then the model's explanation of the failure
+once it has been computed (in the background, cached by the function's code and tests). A hover on a
+failing function not traced yet starts its trace ahead of the others. A hover waits for neither longer
+than `hoverBudgetMs`: it says "being computed" instead, and the next hover has it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ LINE_OPTIONS = RenderOptions(head=8, tail=2, max_value_chars=120)
 MAX_NAME_VALUES = 12
 
 
-def _word_at(line: str, column: int) -> str | None:
+def word_at(line: str, column: int) -> str | None:
     for match in _IDENTIFIER.finditer(line):
         if match.start() <= column <= match.end():
             return match.group()
@@ -139,6 +140,7 @@ async def hover(ls: NextLanguageServer, params: types.HoverParams) -> types.Hove
         return None
     position = ls.workspace.position_codec.position_from_client_units(lines, params.position)
     line = position.line + 1
+    ls.prefetch.note_cursor(uri, position.line)
     span = function_at(source, line)
     if span is None:
         return None
@@ -152,13 +154,15 @@ async def hover(ls: NextLanguageServer, params: types.HoverParams) -> types.Hove
             return _markdown(f"**NExT** could not trace `{span.qualname}`: {error}")
         if ls.state.trace(uri, span.qualname, status.digest) is not None:
             return None  # traced, and nothing failed this time
-        tracing = ls.workbench.trace(ls.snapshot(uri), span.qualname, key=status.digest)
-        await _wait(tracing, deadline - time.monotonic())
+        analysis = ls.state.analysis(uri)
+        if analysis is None:
+            return None  # forgotten meanwhile (the document was closed)
+        await _wait(ls.prefetch.urgent(analysis, status), deadline - time.monotonic())
         shown = ls.state.displayable_trace(uri, span, source)
         if shown is None:
             return _markdown(f"**NExT**: tracing `{span.qualname}` on its failing test; hover again in a moment.")
     entry, offset = shown
-    parts = [trace_markdown(entry, line, _word_at(lines[position.line], position.character), offset)]
+    parts = [trace_markdown(entry, line, word_at(lines[position.line], position.character), offset)]
     if entry.report.failing or (status is not None and status.failing):
         pending = False
         if settings.explain_on_hover:

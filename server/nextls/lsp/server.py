@@ -343,6 +343,8 @@ async def _initialized(ls: NextLanguageServer, params: types.InitializedParams) 
     # the first diagnostics run then finds a test worker with pytest already loaded
     root = to_fs_path(ls.workspace.root_uri) if ls.workspace.root_uri else None
     prestart_worker(ls.settings.run_config(), read_paths=[root] if root else [])
+    if ls.settings.trace_backend == "debugpy":  # and the one the background traces will fork
+        prestart_worker(ls.settings.run_config(), read_paths=[root] if root else [], debugger=True)
     ls.log(f"nextls {__version__} ready (python {ls.settings.interpreter}, trace backend {ls.settings.trace_backend})")
 
 

@@ -265,8 +265,9 @@ class Workbench:
     def state(self) -> ServerState:
         return self.ls.state
 
-    def trace(self, snap: Snapshot, qualname: str, *, key: str) -> Job:
-        """Trace `qualname` in `snap`: run its tests, trace the first failing one; one job per key.
+    def trace(self, snap: Snapshot, qualname: str, *, key: str, results: list[TestResult] | None = None) -> Job:
+        """Trace `qualname` in `snap`: run its tests (unless `results` has them, from a run on `snap`),
+        trace the first failing one; one job per key.
 
         (Always the first failing one: `trace_function(test_id=...)` leaves the file's other asserts in the
         module it loads, so tracing one assert of several fails at import.)"""
@@ -279,7 +280,7 @@ class Workbench:
             try:
                 report = self._with_fallback(job, qualname, settings.trace_backend, lambda backend: trace_function(
                     snap.path, qualname, source=snap.source, backend=backend, config=settings.run_config(),
-                    cancel=job.cancel))
+                    cancel=job.cancel, results=results))
             except Exception as error:
                 if not job.cancel.is_set():  # remembered, so that hovers do not run it again and again
                     self.state.trace_errors[snap.uri, qualname, key] = f"{type(error).__name__}: {error}"

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nextls.discovery import discover_tests, find_workspace_root, target_module
-from nextls.runner import RunConfig, TestCase, TestResult, TraceRequest, run_tests
-from nextls.splice import FunctionSpan, find_function, function_source
+from nextls.discovery import discover_all_tests, discover_tests, find_workspace_root, target_module
+from nextls.runner import RunConfig, RunReport, TestCase, TestResult, TraceRequest, run_tests
+from nextls.splice import FunctionSpan, find_function, function_source, list_functions
 from nextls.trace.model import Trace
 from nextls.trace.render import RenderOptions, render_naturalized
 
@@ -71,10 +71,12 @@ def describe_result(result: TestResult) -> str:
 def trace_function(file: Path, target: str | int, *, source: str | None = None, tests_file: Path | None = None,
                    test_id: str | None = None, backend: str = "inprocess", config: RunConfig = RunConfig(),
                    max_steps: int = 10_000, render_options: RenderOptions | None = None,
-                   cancel: threading.Event | None = None) -> TraceReport:
+                   cancel: threading.Event | None = None, results: list[TestResult] | None = None) -> TraceReport:
     """Run the function's tests, then trace the chosen test (`test_id`, else the first failing one).
 
-    `source` is the file's text when it differs from the disk (an editor's unsaved buffer).
+    `source` is the file's text when it differs from the disk (an editor's unsaved buffer). `results` are
+    the results of these very tests on this very source, when a caller has them already (the language
+    server's diagnostics): the tests are then not run again before the traced run.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown trace backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -82,14 +84,17 @@ def trace_function(file: Path, target: str | int, *, source: str | None = None, 
     span = find_function(source, target)
     root = find_workspace_root(file)
     tests = discover_tests(file, source, span, root=root, tests_file=tests_file)
-    module = target_module(file, source, tests, root=root)  # every test assert blanked, even unselected ones
+    # the asserts of every function in the file are blanked, those of unselected tests and of other functions
+    # too: left in, importing the module would fail on the first failing one
+    every = discover_all_tests(file, source, list_functions(source), root=root)
+    module = target_module(file, source, [test for found in every.values() for test in found], root=root)
     if test_id is not None:
         tests = [test for test in tests if test.id == test_id] or _no_such_test(test_id, tests)
     if not tests:
         raise NoTestsError(f"no tests found for {span.qualname} in {file}: add a doctest, an `assert "
                            f"{span.name}(...) == ...` line, a pytest test, or pass a tests file")
     started = time.perf_counter()
-    run = run_tests(module, tests, config, cancel=cancel)
+    run = RunReport(results, []) if results is not None else run_tests(module, tests, config, cancel=cancel)
     report = TraceReport(file=file, span=span, tests=tests, results=run.results, source=source,
                          function_text=function_source(source, span))
     report.timings["run"] = time.perf_counter() - started

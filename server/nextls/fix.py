@@ -12,6 +12,7 @@ says where it came from (`source`).
 from __future__ import annotations
 
 import ast
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -300,6 +301,7 @@ class Verifier:
         return result
 
 
+@functools.lru_cache(maxsize=1024)  # the search asks twice per candidate: is it new, then when verifying it
 def normalized(code: str) -> str:
     """Code compared by its AST: formatting and comments do not make two fixes different."""
     return ast.dump(parse_python(code))

@@ -54,15 +54,20 @@ def main() -> None:
                 started = time.perf_counter()
                 outcome = run_search(trace_function(file, function), options=SearchOptions(max_verified=1))
                 totals.append(time.perf_counter() - started)
-                searches.append(outcome.first_verified_seconds or float("nan"))
+                if outcome.first_verified_seconds is not None:
+                    searches.append(outcome.first_verified_seconds)
                 verified = [candidate for candidate in outcome.candidates if candidate.verified]
                 description = verified[0].description if verified else "none"
             report = trace_function(file, function)
             everything = run_search(report, options=SearchOptions(max_verified=10**9, budget=args.budget))
             rate = everything.tried / everything.seconds if everything.seconds else 0.0
-            print(f"{name + '::' + function:<30} {tests:<12} {statistics.median(totals):>12.2f}s "
-                  f"{percentile(totals, 0.9):>5.2f}s {statistics.median(searches):>9.2f}s  {everything.tried:>6} "
-                  f"{rate:>7.1f}  {description}")
+            if len(searches) == args.repeat:
+                first = (f"{statistics.median(totals):>12.2f}s {percentile(totals, 0.9):>5.2f}s "
+                         f"{statistics.median(searches):>9.2f}s")
+            else:  # a time to the first fix only when every run found one
+                first = f"{f'found in {len(searches)}/{args.repeat} runs of {SearchOptions().budget:.0f}s':>31}"
+            print(f"{name + '::' + function:<30} {tests:<12} {first}  {everything.tried:>6} {rate:>7.1f}  "
+                  f"{description}")
     print(f"# load average at the end: {os.getloadavg()[0]:.1f}")
 
 

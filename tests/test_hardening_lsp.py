@@ -328,6 +328,19 @@ def test_config_refuses_values_that_are_not_finite_or_too_large() -> None:
                         "nextls.k must be a whole number, not nan; keeping 4"]
 
 
+def test_the_cap_on_test_processes_is_a_setting(monkeypatch) -> None:
+    from nextls.lsp import server as server_module
+
+    applied = []
+    monkeypatch.setattr(server_module, "set_global_limits", lambda **limits: applied.append(limits))
+    ls = NextLanguageServer()
+    ls.apply_settings({"maxTestProcesses": 3, "maxTestMemoryMb": 512})
+    ls.apply_settings({"maxTestProcesses": 3, "maxTestMemoryMb": 512, "k": 2})  # unchanged: not applied again
+    ls.apply_settings({})
+    assert applied == [{"max_processes": 3, "max_memory_bytes": 512 << 20},
+                       {"max_processes": None, "max_memory_bytes": None}]  # None: the sandbox's defaults
+
+
 # -- bounded work --------------------------------------------------------------------------------------
 
 def many_functions(count: int, failing_every: int) -> str:

@@ -41,6 +41,8 @@ class Settings:
     test_discovery: str = "auto"
     test_timeout: float = 5.0
     trace_backend: str = "debugpy"
+    max_test_processes: int | None = None  # None: the number of CPU cores (sandbox.set_global_limits)
+    max_test_memory_mb: int | None = None  # None: half of the physical memory
     # features
     diagnostics: str = "onOpenAndSave"
     debounce_ms: int = 300
@@ -64,6 +66,12 @@ class Settings:
         """What the loaded model depends on: a change of any of these reloads it."""
         return (self.model_path, self.lora_path, self.gpu_layers, self.threads, self.context_size)
 
+    def process_limits(self) -> dict[str, int | None]:
+        """The caps on all sandboxed test processes at once, for `sandbox.set_global_limits`."""
+        memory = self.max_test_memory_mb
+        return {"max_processes": self.max_test_processes,
+                "max_memory_bytes": memory * 1024 * 1024 if memory is not None else None}
+
     def run_key(self) -> tuple:
         """What test results and traces depend on besides the code and the tests."""
         return (self.interpreter, self.test_timeout, self.trace_backend, self.test_discovery)
@@ -76,18 +84,19 @@ _NAMES = {
     "contextSize": "context_size", "seed": "seed", "stopAtFirstVerified": "stop_at_first_verified",
     "search": "search", "searchBudget": "search_budget",
     "python": "python", "testDiscovery": "test_discovery", "testTimeout": "test_timeout",
-    "traceBackend": "trace_backend", "diagnostics": "diagnostics", "debounceMs": "debounce_ms",
+    "traceBackend": "trace_backend", "maxTestProcesses": "max_test_processes",
+    "maxTestMemoryMb": "max_test_memory_mb", "diagnostics": "diagnostics", "debounceMs": "debounce_ms",
     "traceFailing": "trace_failing", "inlayHints": "inlay_hints", "hover": "hover",
     "explainOnHover": "explain_on_hover", "hoverBudgetMs": "hover_budget_ms", "codeActions": "code_actions",
 }
 _CHOICES = {"test_discovery": TEST_DISCOVERY_MODES, "diagnostics": DIAGNOSTICS_MODES, "trace_backend": TRACE_BACKENDS}
 _MINIMUM = {"k": 1, "max_tokens": 1, "context_size": 256, "test_timeout": 0.1, "debounce_ms": 0,
             "trace_failing": 0, "hover_budget_ms": 0, "temperature": 0.0, "top_p": 0.0, "threads": 1,
-            "gpu_layers": -1}
+            "gpu_layers": -1, "max_test_processes": 1, "max_test_memory_mb": 64}
 # Beyond these a value is a typo or an attack, not a choice: `debounceMs: 1e30` would mean saves never run.
 _MAXIMUM = {"k": 64, "max_tokens": 32768, "context_size": 1 << 20, "test_timeout": 3600.0, "debounce_ms": 60_000,
             "trace_failing": 1000, "hover_budget_ms": 60_000, "temperature": 10.0, "top_p": 1.0, "threads": 1024,
-            "gpu_layers": 100_000}
+            "gpu_layers": 100_000, "max_test_processes": 4096, "max_test_memory_mb": 1 << 24}
 _TYPES = {field.name: field.type for field in fields(Settings)}
 
 

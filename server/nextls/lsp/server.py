@@ -36,10 +36,11 @@ from nextls.lsp.jobs import Job, JobRunner, ModelHost
 from nextls.lsp.prefetch import Prefetcher, document_highlight
 from nextls.lsp.state import ServerState, Snapshot, UnknownDocument, Workbench
 from nextls.runner import prestart_worker
+from nextls.sandbox import kill_all_children, remove_stale_sandboxes, set_global_limits
 
 logger = logging.getLogger(__name__)
 
-EXIT_GRACE_S = 2.0  # how long cancelled jobs get, on exit, to kill their test processes
+EXIT_GRACE_S = 2.0  # how long cancelled jobs get, on exit, to wind down once their processes are killed
 
 
 SERVER_NOT_INITIALIZED = -32002
@@ -288,6 +289,8 @@ class NextLanguageServer(LanguageServer):
         if warnings:
             self.show("nextls: some settings were ignored: " + "; ".join(warnings), types.MessageType.Warning)
         old, self.settings = self.settings, new
+        if old.process_limits() != new.process_limits():
+            set_global_limits(**new.process_limits())
         if old.model_key() != new.model_key():
             self.state.explanation_errors.clear()
         if old.run_key() != new.run_key() or old.diagnostics != new.diagnostics:
@@ -454,6 +457,9 @@ def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> int
     logging.getLogger("nextls").setLevel(log_level)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack on stderr, for a stuck server
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    removed = remove_stale_sandboxes()
+    if removed:
+        logger.warning("removed %d sandbox folder(s) left behind by a nextls that was killed", len(removed))
     try:
         if tcp is not None:
             server.start_tcp(*tcp)
@@ -466,6 +472,7 @@ def serve(tcp: tuple[str, int] | None = None, log_level: str = "WARNING") -> int
             server.start_io(sys.stdin.buffer, protocol_out)
     finally:
         server.jobs.cancel_all()
+        kill_all_children()  # now, not when the jobs notice: exit is prompt whatever they are doing
         server.jobs.wait_idle(EXIT_GRACE_S)
     if server.exit_code is not None:
         return server.exit_code

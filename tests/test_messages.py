@@ -128,6 +128,7 @@ def test_results_name_no_temporary_folder_and_no_address(tmp_path: Path) -> None
 
 def test_readable_rewrites_only_what_changes_from_run_to_run() -> None:
     assert readable("open('/tmp/nextls-sandbox-k2j3h4ab/data/in.txt')") == "open('data/in.txt')"
+    assert readable("/tmp/nextls-sandbox-2007.503240-4qyaozvq/run-md8k7_30/out.txt") == "out.txt"
     assert readable("cwd: /var/tmp/nextls-sandbox-k2j3h4ab") == "cwd: ."
     assert readable("<function f at 0x7f3a2c1b9e40> is not <Box object at 0xdeadbeef>") == \
         "<function f> is not <Box object>"

@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 import tempfile
 
-# a folder nextls created with mkdtemp(prefix="nextls-<what>-"): sandbox, debugpy shim, worker...
-_NEXTLS_FOLDER = re.compile(r"(?:/[^\s'\"/:]+)*/nextls-[a-z]+-[a-z0-9_]{8}(?![a-z0-9_])(?P<slash>/?)")
+# a folder nextls made with mkdtemp (prefix "nextls-<what>-", maybe the server's pid.start-time, then 8
+# random characters: a sandbox, the debugpy shim), and the run folders made inside it ("run-" + 8)
+_NEXTLS_FOLDER = re.compile(r"(?:/[^\s'\"/:]+)*/nextls-[a-z]+-(?:[0-9.]+-)?[a-z0-9_]{8}(?![^\s'\"/])"
+                            r"(?:/run-[a-z0-9_]{8}(?![^\s'\"/]))*(?P<slash>/?)")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 

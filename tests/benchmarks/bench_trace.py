@@ -3,14 +3,16 @@
     OMP_WAIT_POLICY=PASSIVE python tests/benchmarks/bench_trace.py [--repeat 5]
 
 Prints the median wall time of each way to run the same failing pytest test, for a ~50-step and a
-~5,000-step test, and the ratio to the plain `python -m pytest` run of that test; then the runner's
-throughput on MBPP programs (tests/s through the sandbox and harness).
+~5,000-step test (the runner and the in-process trace fork the warm test worker; the debugpy trace starts
+an interpreter under the debugger), and the ratio of the debugpy trace to the plain `python -m pytest` run
+of that test; then the runner's throughput on MBPP programs (tests/s through the sandbox and harness).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -50,16 +52,15 @@ def test_large():
 '''
 
 
-def median_seconds(action, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def seconds(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
 
 
 def bench_tracing(repeat: int) -> None:
+    """The four ways to run each test, one after the other in each round (so that a busy machine slows all
+    of them alike); the ratio is the median of the rounds' debugpy / pytest ratios."""
     workspace = Path(tempfile.mkdtemp(prefix="nextls-bench-"))
     (workspace / "pytest.ini").write_text("[pytest]\n")
     (workspace / "work.py").write_text(MODULE)
@@ -75,20 +76,25 @@ def bench_tracing(repeat: int) -> None:
     for name in ("test_small", "test_large"):
         test = tests[name]
         pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"test_work.py::{name}"]
-        plain = median_seconds(lambda argv=pytest_argv: subprocess.run(argv, cwd=workspace, capture_output=True,
-                                                                         check=False), repeat)
-        untraced = median_seconds(lambda test=test: run_tests(module, [test], config), repeat)
-        timings, steps = {}, {}
-        for backend in ("inprocess", "debugpy"):
-            request = TraceRequest(qualname="checksum", test_id=test.id, backend=backend, max_steps=100_000)
-            reports: list = []
-            timings[backend] = median_seconds(
-                lambda test=test, request=request, reports=reports: reports.append(
-                    run_tests(module, [test], config, trace=request)), repeat)
-            steps[backend] = reports[-1].trace.steps
+        requests = {backend: TraceRequest(qualname="checksum", test_id=test.id, backend=backend, max_steps=100_000)
+                    for backend in ("inprocess", "debugpy")}
+        timings: dict[str, list[float]] = {"pytest": [], "runner": [], "inprocess": [], "debugpy": []}
+        steps = {}
+        for _ in range(repeat):
+            timings["pytest"].append(seconds(lambda argv=pytest_argv: subprocess.run(
+                argv, cwd=workspace, capture_output=True, check=False)))
+            timings["runner"].append(seconds(lambda test=test: run_tests(module, [test], config)))
+            for backend, request in requests.items():
+                reports: list = []
+                timings[backend].append(seconds(lambda test=test, request=request, reports=reports: reports.append(
+                    run_tests(module, [test], config, trace=request))))
+                steps[backend] = reports[-1].trace.steps
         assert steps["inprocess"] == steps["debugpy"], steps
-        print(f"{name:<12}{steps['inprocess']:>7}  {plain:>7.3f}s  {untraced:>7.3f}s  {timings['inprocess']:>9.3f}s  "
-              f"{timings['debugpy']:>8.3f}s  {timings['debugpy'] / plain:>14.2f}x")
+        rounds = zip(timings["debugpy"], timings["pytest"], strict=True)
+        ratio = statistics.median(debugpy / plain for debugpy, plain in rounds)
+        medians = {way: statistics.median(values) for way, values in timings.items()}
+        print(f"{name:<12}{steps['inprocess']:>7}  {medians['pytest']:>7.3f}s  {medians['runner']:>7.3f}s  "
+              f"{medians['inprocess']:>9.3f}s  {medians['debugpy']:>8.3f}s  {ratio:>14.2f}x")
 
 
 def mbpp_cases(count: int) -> list[tuple[TargetModule, list[TestCase], str]]:
@@ -128,9 +134,11 @@ def main() -> None:
     parser.add_argument("--mbpp", type=int, default=100, help="MBPP programs for the runner throughput")
     args = parser.parse_args()
     print(f"# {platform.python_implementation()} {platform.python_version()}, debugpy {debugpy.__version__}, "
-          f"{platform.machine()}, median of {args.repeat}")
+          f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"median of {args.repeat}")
     bench_tracing(args.repeat)
-    bench_runner(args.mbpp)
+    if args.mbpp:
+        bench_runner(args.mbpp)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ export default tseslint.config(
         setTimeout: 'readonly',
         // e2e: functions evaluated in the page
         document: 'readonly',
+        MutationObserver: 'readonly',
       },
     },
   },

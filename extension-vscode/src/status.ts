@@ -181,7 +181,9 @@ export class StatusModel {
 }
 
 function formatTask(task: Task): string {
+  // the server's titles start with "NExT: " already; the item says it once
+  const title = task.title.replace(/^NExT:\s*/, '');
   const pct = task.percentage !== undefined ? ` ${Math.round(task.percentage)}%` : '';
   const message = task.message ? ` - ${task.message}` : '';
-  return `${task.title}${pct}${message}`;
+  return `${title}${pct}${message}`;
 }

@@ -66,6 +66,13 @@ describe('status bar', () => {
     assert.match(status.render().tooltip, /nextls is not installed/);
   });
 
+  test('a server title that starts with "NExT:" is not repeated after the item\'s own "NExT:"', () => {
+    const status = new StatusModel();
+    status.setPhase('ready');
+    status.progress('t', { kind: 'begin', title: 'NExT: fixing remove_Occ', message: 'search' });
+    assert.equal(status.render().text, '$(sync~spin) NExT: fixing remove_Occ - search');
+  });
+
   test('installing: its own text, busy; the device found by a GPU rebuild stays after the restart', () => {
     const status = new StatusModel();
     status.setPhase('installing');

@@ -149,7 +149,7 @@ def one_line(text: str, limit: int = 300) -> str:
 
 def _invalid_params_reason(method: str, error: Exception) -> str:
     if isinstance(error, ClassValidationError):
-        details = "; ".join(transform_error(error, path="params")[:3])
+        details = "; ".join(transform_error(error, path="$")[:3])
     else:
         details = f"{type(error).__name__}: {error}"
     return one_line(f"invalid params for {method}: {details}")

@@ -152,65 +152,15 @@ class TargetMatcher:
         return known
 
 
-class LineCoverage:
-    """The lines one test executed inside the target function: the spectrum fault localization ranks.
-
-    Hooks in like the recorder (a profile function picks the target's frames, only those are line-traced)
-    but keeps no values, so it costs little more than the untraced run.
-    """
+class _TargetHook:
+    """Installs `_profile` (which picks the target's frames to line-trace) and, when no global trace
+    function is there (no debugger), a no-op one: line events need it."""
 
     def __init__(self, filename: str, qualname: str) -> None:
         self._is_target = TargetMatcher(filename, qualname)
-        self.lines: set[int] = set()
         self._previous_profile = None
         self._installed_global_trace = False
 
-    def __enter__(self) -> LineCoverage:
-        self._previous_profile = sys.getprofile()
-        if sys.gettrace() is None:
-            sys.settrace(_no_global_trace)
-            self._installed_global_trace = True
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        sys.setprofile(self._previous_profile)
-        if self._installed_global_trace:
-            sys.settrace(None)
-            self._installed_global_trace = False
-
-    def _profile(self, frame, event: str, arg: object) -> None:
-        if event == "call" and self._is_target(frame.f_code):
-            frame.f_trace_lines = True
-            frame.f_trace = self._line
-
-    def _line(self, frame, event: str, arg: object):
-        if event == "line":
-            self.lines.add(frame.f_lineno)
-        return self._line
-
-
-class Recorder:
-    """Records the frames of one function, identified by its file and qualified name."""
-
-    def __init__(self, filename: str, qualname: str, max_steps: int = 10_000,
-                 max_string: int = 100, max_items: int = 10) -> None:
-        self.filename = os.path.realpath(filename)
-        self.qualname = qualname
-        self.max_steps = max_steps
-        self.safe = SafeRepr(max_string=max_string, max_items=max_items)
-        self.events: list[dict] = []
-        self.truncated = False
-        self._step = 0
-        self._frame_ids: dict[int, int] = {}  # id(frame) -> our frame number, for live frames
-        self._frames_seen = 0
-        self._pending: dict[int, tuple[dict, dict[str, str]]] = {}  # frame number -> (open line event, reprs)
-        self._exception: dict[int, str] = {}  # frame number -> exception seen on its last line
-        self._is_target = TargetMatcher(filename, qualname)
-        self._previous_profile = None
-        self._installed_global_trace = False
-
-    # -- hooks ------------------------------------------------------------------------------
     def install(self) -> None:
         self._previous_profile = sys.getprofile()
         if sys.gettrace() is None:
@@ -224,6 +174,58 @@ class Recorder:
             sys.settrace(None)
             self._installed_global_trace = False
 
+    def _profile(self, frame, event: str, arg: object) -> None:
+        raise NotImplementedError
+
+
+class LineCoverage(_TargetHook):
+    """The lines one test executed inside the target function: the spectrum fault localization ranks.
+
+    Hooks in like the recorder (a profile function picks the target's frames, only those are line-traced)
+    but keeps no values, so it costs little more than the untraced run.
+    """
+
+    def __init__(self, filename: str, qualname: str) -> None:
+        super().__init__(filename, qualname)
+        self.lines: set[int] = set()
+
+    def __enter__(self) -> LineCoverage:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+    def _profile(self, frame, event: str, arg: object) -> None:
+        if event == "call" and self._is_target(frame.f_code):
+            frame.f_trace_lines = True
+            frame.f_trace = self._line
+
+    def _line(self, frame, event: str, arg: object):
+        if event == "line":
+            self.lines.add(frame.f_lineno)
+        return self._line
+
+
+class Recorder(_TargetHook):
+    """Records the frames of one function, identified by its file and qualified name."""
+
+    def __init__(self, filename: str, qualname: str, max_steps: int = 10_000,
+                 max_string: int = 100, max_items: int = 10) -> None:
+        super().__init__(filename, qualname)
+        self.filename = os.path.realpath(filename)
+        self.qualname = qualname
+        self.max_steps = max_steps
+        self.safe = SafeRepr(max_string=max_string, max_items=max_items)
+        self.events: list[dict] = []
+        self.truncated = False
+        self._step = 0
+        self._frame_ids: dict[int, int] = {}  # id(frame) -> our frame number, for live frames
+        self._frames_seen = 0
+        self._pending: dict[int, tuple[dict, dict[str, str]]] = {}  # frame number -> (open line event, reprs)
+        self._exception: dict[int, str] = {}  # frame number -> exception seen on its last line
+
+    # -- hooks ------------------------------------------------------------------------------
     def _profile(self, frame, event: str, arg: object) -> None:
         if event != "call" or not self._is_target(frame.f_code):
             return

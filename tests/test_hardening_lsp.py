@@ -362,7 +362,8 @@ def test_discovery_parses_once_whatever_the_number_of_functions(tmp_path: Path, 
     assert sorted(Path(name).name for name in parses) == ["mod.py", "test_mod.py"]
 
 
-def test_a_file_with_a_thousand_tested_functions_never_blocks_hovers(tmp_path: Path) -> None:
+def test_a_file_with_a_thousand_tested_functions_gets_diagnostics_progressively_never_blocking_hovers(
+        tmp_path: Path) -> None:
     client = start(tmp_path / "ws")
     try:
         uri = client.open(tmp_path / "ws" / "many.py", many_functions(1000, 50))
@@ -371,9 +372,10 @@ def test_a_file_with_a_thousand_tested_functions_never_blocks_hovers(tmp_path: P
             client.assert_answers_hover()
             time.sleep(0.2)
         assert "result" in client.response(run), client.response(run)
-        [published] = client.wait_for(lambda _: [m for m in client.notifications("textDocument/publishDiagnostics")
-                                                 if m["params"]["uri"] == uri], "the diagnostics")
-        assert len(published["params"]["diagnostics"]) == 1000 // 50
+        counts = [len(m["params"]["diagnostics"]) for m in client.notifications("textDocument/publishDiagnostics")
+                  if m["params"]["uri"] == uri]
+        # batches of 100, 200, 400 and 300 functions (one assert each); one function in 50 fails
+        assert counts == [2, 6, 14, 20]
     finally:
         client.close()
 

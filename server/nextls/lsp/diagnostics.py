@@ -1,9 +1,10 @@
 """Diagnostics: run the document's tests and mark each function whose tests fail.
 
 On open and/or save (the `diagnostics` setting; `onDemand` waits for the `nextls.runTests` command), a
-debounced job finds every function's tests (static discovery, cheap), runs all of them in one sandboxed
-run (untraced: that is the fast part) and publishes one diagnostic per failing function, on its name, with
-the failing tests as related information. A newer save cancels the older run (its processes are killed).
+debounced job finds every function's tests (static discovery, one pass), runs all of them in one sandboxed
+run (untraced: that is the fast part; a big file's in growing batches, published as each ends) and
+publishes one diagnostic per failing function, on its name, with the failing tests as related information.
+A newer save cancels the older run (its processes are killed).
 Then, still in the background, the failing functions are traced (the `traceBackend`, debugpy by
 default; the function under the cursor first, see `prefetch`), so that hovers and inlay hints are there
 by the time the user looks; nothing here ever runs on the event loop, so typing is never blocked.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,7 @@ from nextls.discovery import discover_all_tests, find_workspace_root, target_mod
 from nextls.lsp.config import Settings
 from nextls.lsp.jobs import Cancelled, Job
 from nextls.lsp.state import Analysis, FunctionStatus, Snapshot, function_key, functions_of, split_lines
-from nextls.runner import RunCancelled, TestCase, run_tests
+from nextls.runner import RunCancelled, TestCase, TestResult, run_tests
 from nextls.splice import SourceSyntaxError
 from nextls.trace.capture import describe_result
 
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 SOURCE = "nextls"
 MAX_RELATED = 20
 MAX_MESSAGE_LINES = 3
+FIRST_BATCH_TESTS = 100  # a file with more tests than this gets its diagnostics batch by batch
 
 
 def _kept(test: TestCase, mode: str, path: Path) -> bool:
@@ -44,8 +48,37 @@ def _kept(test: TestCase, mode: str, path: Path) -> bool:
     return True
 
 
-def analyze(snap: Snapshot, settings: Settings, cancel=None) -> Analysis:
-    """Run every test of every function of the document once, untraced, in one sandboxed run."""
+def _batches(found: dict[str, tuple]) -> Iterator[list[tuple[str, tuple]]]:
+    """The tested functions in file order, in runs of about FIRST_BATCH_TESTS tests, then twice as many each
+    time: a big file's first diagnostics come after a short run, and the number of runs stays logarithmic."""
+    batch: list[tuple[str, tuple]] = []
+    size, limit = 0, FIRST_BATCH_TESTS
+    for item in found.items():
+        batch.append(item)
+        size += len(item[1][1])
+        if size >= limit:
+            yield batch
+            batch, size, limit = [], 0, limit * 2
+    if batch:
+        yield batch
+
+
+def _results_by_test(results: list[TestResult], test_ids: set[str]) -> dict[str, list[TestResult]]:
+    """Each test's results (a parametrized pytest test has several, `id[param]`), in one pass."""
+    by_test: dict[str, list[TestResult]] = {}
+    for result in results:
+        owner = result.id if result.id in test_ids else next(
+            (result.id[:at] for at, char in enumerate(result.id) if char == "[" and result.id[:at] in test_ids), None)
+        if owner is not None:
+            by_test.setdefault(owner, []).append(result)
+    return by_test
+
+
+def analyze(snap: Snapshot, settings: Settings, cancel=None,
+            on_progress: Callable[[Analysis], None] | None = None) -> Analysis:
+    """Run every test of every function of the document once, untraced, in sandboxed runs: one for a
+    small file; for a big one, growing batches of functions, with `on_progress` called with the
+    functions done so far after each batch but the last."""
     started = time.perf_counter()
     try:
         spans = functions_of(snap.source)
@@ -63,19 +96,31 @@ def analyze(snap: Snapshot, settings: Settings, cancel=None) -> Analysis:
             found[span.qualname] = (span, tests)
             tests_by_id.update((test.id, test) for test in tests)
     analysis = Analysis(snap)
-    if tests_by_id:
-        module = target_module(snap.path, snap.source, list(tests_by_id.values()), root=root)
+    if not tests_by_id:
+        analysis.seconds = time.perf_counter() - started
+        return analysis
+    # every test of the file is blanked out of the module, whichever batch runs: an assert left in would run
+    # (and fail) at import
+    module = target_module(snap.path, snap.source, list(tests_by_id.values()), root=root)
+    batches = list(_batches(found))
+    for number, batch in enumerate(batches, 1):
+        tests = list({test.id: test for _, (_, function_tests) in batch for test in function_tests}.values())
         try:
-            run = run_tests(module, list(tests_by_id.values()), settings.run_config(), cancel=cancel)
+            run = run_tests(module, tests, settings.run_config(), cancel=cancel)
         except (FileNotFoundError, PermissionError) as error:
             analysis.error = (f"nextls: cannot start the Python interpreter {settings.interpreter!r} "
                               f"to run the tests ({error.strerror or error}); set nextls.python")
             return analysis
-        for qualname, (span, tests) in found.items():
-            results = list({result.id: result for test in tests for result in run.results_for(test.id)}.values())
+        by_test = _results_by_test(run.results, {test.id for test in tests})
+        for qualname, (span, function_tests) in batch:
+            results = list({result.id: result for test in function_tests
+                            for result in by_test.get(test.id, [])}.values())
             analysis.functions[qualname] = FunctionStatus(
-                span, tests, results, function_key(settings.run_key(), snap.source, qualname, tests))
-    analysis.seconds = time.perf_counter() - started
+                span, function_tests, results, function_key(settings.run_key(), snap.source, qualname,
+                                                             function_tests))
+        analysis.seconds = time.perf_counter() - started
+        if on_progress is not None and number < len(batches):
+            on_progress(replace(analysis, functions=dict(analysis.functions)))
     return analysis
 
 
@@ -206,8 +251,14 @@ def start(ls: NextLanguageServer, uri: str) -> Job | None:
 
 def _analysis_job(ls: NextLanguageServer, snap: Snapshot, settings: Settings, job: Job) -> Analysis:
     job.report("discovering and running tests")
+
+    def publish_so_far(partial: Analysis) -> None:  # a big file's first functions, while the rest run
+        if not job.cancel.is_set():
+            ls.state.set_analysis(snap.uri, partial)
+            ls.post(publish, ls, partial)
+
     try:
-        analysis = analyze(snap, settings, job.cancel)
+        analysis = analyze(snap, settings, job.cancel, publish_so_far)
     except (RunCancelled, Cancelled):
         raise
     except Exception as error:  # a bug or a broken environment: one clear message, the server lives on

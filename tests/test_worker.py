@@ -165,3 +165,23 @@ def test_a_worker_is_retired_when_its_installed_packages_change(tmp_path):
         assert third is not first and third.alive
     assert not first.alive
     pool.close()
+
+
+def test_a_worker_outlives_the_thread_that_asked_for_it(tmp_path):
+    """The parent-death signal follows the thread that forked the worker: a run from a short-lived thread
+    must not leave behind a worker that dies with that thread."""
+    pool = WorkerPool(size=1)
+    started: list = []
+
+    def first_run() -> None:
+        with pool.worker(os.sys.executable, Limits(), dict(os.environ), pytest=False) as worker:
+            started.append(worker)
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    thread.join()
+    time.sleep(0.5)
+    assert started[0].alive
+    with pool.worker(os.sys.executable, Limits(), dict(os.environ), pytest=False) as again:
+        assert again is started[0]
+    pool.close()

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,6 +44,11 @@ _ANSWER_GRACE_S = 5.0
 # After a cancel request, how long the worker has to answer before it is killed.
 _CANCEL_GRACE_S = 2.0
 _CANCEL_POLL_S = 0.02
+
+
+# Workers are started from this one thread, which lives as long as the server: a child's parent-death
+# signal fires when the *thread* that forked it ends, and a job's or a prestart's thread ends early.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextls-worker-spawner")
 
 
 class WorkerError(RuntimeError):
@@ -108,7 +114,8 @@ class TestWorker:
                  read_paths: Sequence[str] = ()) -> None:
         argv = python_argv(python, str(WORKER_SCRIPT), *(["--pytest"] if pytest else []))
         try:
-            self.process = SandboxedProcess(argv, env=env, limits=limits, read_paths=read_paths)
+            self.process = _SPAWNER.submit(SandboxedProcess, argv, env=env, limits=limits,
+                                           read_paths=read_paths).result()
         except (FileNotFoundError, PermissionError) as error:
             raise WorkerError(f"cannot start the test worker with {python!r}: {error.strerror}") from error
         self.lines = _Lines(self.process.stdout.fileno())

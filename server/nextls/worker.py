@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nextls.sandbox import Limits, Outcome, ProcessResult, SandboxedProcess, python_argv
+from nextls.sandbox import Limits, Outcome, ProcessResult, SandboxedProcess, process_slot, python_argv
 
 __all__ = ["POOL", "WorkerError", "WorkerPool", "shutdown"]
 
@@ -150,6 +150,14 @@ class TestWorker:
 
     def run(self, spec: dict, *, cwd: str | os.PathLike[str], env: Mapping[str, str], limits: Limits,
             cancel: threading.Event | None = None) -> ProcessResult:
+        """One run, forked from this worker, once the global caps on test processes leave room for it."""
+        with process_slot(limits.memory_bytes, cancel) as admitted:
+            if not admitted:
+                return ProcessResult(Outcome.CANCELLED, None, None, "", "", False, False, 0.0)
+            return self._run(spec, cwd, env, limits, cancel)
+
+    def _run(self, spec: dict, cwd: str | os.PathLike[str], env: Mapping[str, str], limits: Limits,
+             cancel: threading.Event | None) -> ProcessResult:
         request = {"spec": spec, "cwd": os.fspath(cwd), "env": dict(env), "wall_time": limits.wall_time,
                    "cpu_seconds": limits.cpu_seconds, "output_bytes": limits.output_bytes,
                    "kill_strays": self.uid is not None}

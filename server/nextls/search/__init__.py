@@ -3,7 +3,8 @@
 `localize` ranks the function's lines (Ochiai over every test's coverage, refined by the failing trace);
 `edits` proposes rewrites of those lines that keep the rest of the file byte for byte. `search_fixes` tries
 them most suspicious line first (then by operator prior), skipping edits that do not compile or give code
-already tried (compared by AST), and runs every test on each in the sandbox: one candidate's hang, fork,
+already tried (compared by AST), and runs every test on each in the sandbox, two candidates at a time
+(`workers`; the warm worker pool runs them side by side): one candidate's hang, fork,
 crash or flood of output costs its own time slot (a per-test limit drawn from the original run) and the
 search goes on. Single edits first; pairs of the most promising single edits only when the singles run out
 without a verified fix and time remains. It stops after the first `max_verified` verified fixes, or when
@@ -17,7 +18,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from nextls.answer import Candidate
@@ -42,6 +44,7 @@ class SearchOptions:
     pairs: bool = True  # try pairs of edits when the single edits run out and time remains
     test_timeout: float | None = None  # seconds per test of a candidate; None: from the original run
     keep_unverified: int = 2  # unverified candidates returned: those passing more tests than the original
+    workers: int = 2  # candidates verified at once (the warm worker pool runs them side by side)
 
 
 @dataclass
@@ -92,43 +95,64 @@ def run_search(report: TraceReport, *, options: SearchOptions = SearchOptions(),
     candidate_config = candidate_run_config(report, config, options.test_timeout)
     baseline = sum(result.passed for result in report.results)
     tried: list[tuple[FixCandidate, tuple[Edit, ...]]] = []
+    running: dict[Future, tuple[FixCandidate, tuple[Edit, ...]]] = {}
     outcome.stopped = "exhausted"
     reported = started
 
-    def groups() -> Iterator[tuple[Edit, ...]]:
-        yield from ((edit,) for edit in singles)
-        if options.pairs and not any(candidate.verified for candidate, _ in tried):
-            yield from _pairs(tried)
+    def collect(everything: bool) -> None:
+        """Take in the candidates whose runs ended (all of them when `everything`), in the order tried."""
+        nonlocal reported
+        if not running:
+            return
+        done, _ = wait(running, return_when=ALL_COMPLETED if everything else FIRST_COMPLETED)
+        for future in sorted(done, key=lambda future: running[future][0].index):
+            result, edits = running.pop(future)
+            future.result()  # a cancelled run raises RunCancelled here
+            tried.append((result, edits))
+            if result.verified:
+                result.candidate = replace(result.candidate, rationale=_rationale(report, result))
+                if outcome.first_verified_seconds is None:
+                    outcome.first_verified_seconds = time.perf_counter() - started
+            if on_candidate is not None:
+                on_candidate(result)
+            if progress is not None and time.perf_counter() - reported >= PROGRESS_EVERY:
+                reported = time.perf_counter()
+                progress(f"searching: {len(tried)} candidate(s) tried, the last {result.description}")
 
-    for edits in groups():
-        if cancel is not None and cancel.is_set():
-            raise RunCancelled("the repair search was cancelled")
-        if time.perf_counter() >= deadline:
-            outcome.stopped = "budget"
-            break
-        code, new_source = region.apply(edits)
-        if code is None or not verifier.is_new(code):
-            outcome.skipped += 1
-            continue
-        result = FixCandidate(index=outcome.tried, generation=None,
-                              candidate=Candidate(rationale="", code=code, reject_reason=None), source="search",
-                              description="; ".join(edit.description for edit in edits),
-                              suspiciousness=max(scores.get(edit.line, 0.0) for edit in edits))
-        outcome.tried += 1
-        if progress is not None and time.perf_counter() - reported >= PROGRESS_EVERY:
-            reported = time.perf_counter()
-            progress(f"searching: {outcome.tried} candidate(s) tried, now {result.description}")
-        verifier.verify(result, new_source, candidate_config)
-        tried.append((result, edits))
-        if result.verified:
-            result.candidate = replace(result.candidate, rationale=_rationale(report, result))
-            if outcome.first_verified_seconds is None:
-                outcome.first_verified_seconds = time.perf_counter() - started
-        if on_candidate is not None:
-            on_candidate(result)
-        if sum(candidate.verified for candidate, _ in tried) >= options.max_verified:
+    def enough() -> bool:
+        return sum(candidate.verified for candidate, _ in tried) >= options.max_verified
+
+    def search(groups: Iterable[tuple[Edit, ...]], pool: ThreadPoolExecutor) -> bool:
+        """Verify `groups` of edits, `options.workers` at a time; True when the search should stop."""
+        for edits in groups:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled("the repair search was cancelled")
+            if time.perf_counter() >= deadline:
+                outcome.stopped = "budget"
+                break
+            code, new_source = region.apply(edits)
+            if code is None or not verifier.is_new(code):
+                outcome.skipped += 1
+                continue
+            result = FixCandidate(index=outcome.tried, generation=None,
+                                  candidate=Candidate(rationale="", code=code, reject_reason=None), source="search",
+                                  description="; ".join(edit.description for edit in edits),
+                                  suspiciousness=max(scores.get(edit.line, 0.0) for edit in edits))
+            outcome.tried += 1
+            running[pool.submit(verifier.verify, result, new_source, candidate_config)] = (result, edits)
+            if len(running) >= options.workers:
+                collect(everything=False)
+            if enough():
+                break
+        collect(everything=True)
+        if enough():
             outcome.stopped = "verified"
-            break
+        return outcome.stopped != "exhausted"
+
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="nextls-search") as pool:
+        stop = search(((edit,) for edit in singles), pool)
+        if not stop and options.pairs and not any(candidate.verified for candidate, _ in tried):
+            search(_pairs(tried), pool)
     outcome.seconds = time.perf_counter() - started
     ranked = sorted((candidate for candidate, _ in tried), key=FixCandidate.rank_key)
     improved = [candidate for candidate in ranked if not candidate.verified and candidate.passed > baseline]

@@ -7,7 +7,8 @@ tests), running_mean.py (one doctest) and shop/pricing.py (a pytest test file, 4
 edits, so the search reaches its pairs). For each, the time to the first verified fix as `nextls fix` gets
 it (trace + localization + search; p50 and p90 over --repeat runs) and the search's share of it; then the
 throughput: the search made to go on through every single edit and pair (no stop at a verified fix) for at
-most --budget seconds, each candidate run against every test in the sandbox.
+most --budget seconds, each candidate run against every test in the sandbox, one candidate at a time and
+two at a time (`SearchOptions.workers`, the default).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nextls.search import SearchOptions, run_search
 from nextls.trace.capture import trace_function
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "server" / "examples"
+WORKERS = (1, 2)  # candidates verified at once in the throughput runs, side by side
 CASES = [("remove_occ.py", "remove_Occ", "3 asserts"), ("running_mean.py", "running_mean", "1 doctest"),
          ("shop/pricing.py", "bulk_discount", "pytest file")]
 
@@ -45,7 +47,7 @@ def main() -> None:
           f"first fix: p50/p90 of {args.repeat} runs; throughput: one search of at most {args.budget:.0f}s that "
           f"never stops at a verified fix")
     print(f"{'example':<30} {'tests':<12} {'first fix p50':>13} {'p90':>6} {'search p50':>10}  "
-          f"{'tried':>6} {'cand/s':>7}  fix")
+          + "  ".join(f"{'tried':>6} {f'cand/s {workers}w':>9}" for workers in WORKERS) + "  fix")
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "examples"
         shutil.copytree(EXAMPLES, root)
@@ -62,15 +64,17 @@ def main() -> None:
                 verified = [candidate for candidate in outcome.candidates if candidate.verified]
                 description = verified[0].description if verified else "none"
             report = trace_function(file, function)
-            everything = run_search(report, options=SearchOptions(max_verified=10**9, budget=args.budget))
-            rate = everything.tried / everything.seconds if everything.seconds else 0.0
+            rates = []
+            for workers in WORKERS:
+                everything = run_search(report, options=SearchOptions(max_verified=10**9, budget=args.budget,
+                                                                       workers=workers))
+                rates.append(f"{everything.tried:>6} {everything.tried / everything.seconds:>9.1f}")
             if len(searches) == args.repeat:
                 first = (f"{statistics.median(totals):>12.2f}s {percentile(totals, 0.9):>5.2f}s "
                          f"{statistics.median(searches):>9.2f}s")
             else:  # a time to the first fix only when every run found one
                 first = f"{f'found in {len(searches)}/{args.repeat} runs of {args.search_budget:.0f}s':>31}"
-            print(f"{name + '::' + function:<30} {tests:<12} {first}  {everything.tried:>6} {rate:>7.1f}  "
-                  f"{description}")
+            print(f"{name + '::' + function:<30} {tests:<12} {first}  {'  '.join(rates)}  {description}")
     print(f"# load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -139,6 +139,16 @@ def test_cancelling_a_run_stops_it_promptly(tmp_path):
         TestOutcome.PASSED]
 
 
+def test_a_cancel_that_crosses_the_answer_of_its_run_leaves_the_worker_serving(tmp_path):
+    assert _run(tmp_path, "def g():\n    return 1\n", ["assert g() == 1"])
+    idle = [worker for workers in POOL._idle.values() for worker in workers]
+    for worker in idle:  # what the server sends when its cancel and the run's answer cross
+        worker._send({"cancel": True})
+    results = _run(tmp_path, "def g():\n    return 1\n", ["assert g() == 1"])
+    assert [result.outcome for result in results.values()] == [TestOutcome.PASSED]
+    assert idle and all(worker.alive for worker in idle)
+
+
 def test_a_killed_worker_is_replaced(tmp_path):
     assert _run(tmp_path, "def g():\n    return 1\n", ["assert g() == 1"])
     for workers in POOL._idle.values():

@@ -236,8 +236,9 @@ def main() -> int:
     _answer(answers, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0],
                       "pytest": "pytest" in sys.modules, "site": folders})
     while line := requests.readline():
-        if line.strip():
-            _answer(answers, serve_one(json.loads(line), requests))
+        request = json.loads(line) if line.strip() else {}
+        if "spec" in request:  # not a cancel that crossed the answer of the run it was meant for
+            _answer(answers, serve_one(request, requests))
     return 0
 
 

@@ -152,8 +152,11 @@ async def hover(ls: NextLanguageServer, params: types.HoverParams) -> types.Hove
         error = ls.state.trace_errors.get((uri, span.qualname, status.digest))
         if error is not None:
             return _markdown(f"**NExT** could not trace `{span.qualname}`: {error}")
-        if ls.state.trace(uri, span.qualname, status.digest) is not None:
-            return None  # traced, and nothing failed this time
+        traced = ls.state.trace(uri, span.qualname, status.digest)
+        if traced is not None:  # its traced run recorded nothing
+            result = traced.report.traced_result
+            why = f"{result.id}: {describe_result(result)}" if result is not None else "no test failed this time"
+            return _markdown(f"**NExT** has no trace of `{span.qualname}` ({why})")
         analysis = ls.state.analysis(uri)
         if analysis is None:
             return None  # forgotten meanwhile (the document was closed)

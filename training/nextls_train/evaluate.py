@@ -100,13 +100,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def dataset_tasks(dataset: str, limit: int = 0) -> list[TaskRecord]:
-    """A named dataset (`DATASETS`) of the committed `training/data`, or a dataset file's path."""
+def dataset_tasks(dataset: str, limit: int = 0, per_problem: int = 0) -> list[TaskRecord]:
+    """A named dataset (`DATASETS`) of the committed `training/data`, or a dataset file's path (`load_tasks`)."""
     path = DEFAULT_OUT_DIR / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
     if not path.is_file():
         known = ", ".join(DATASETS)
         raise ValueError(f"no dataset {dataset!r}: name one of {known}, or give a .jsonl.gz file")
-    return load_tasks(path, limit=limit)
+    return load_tasks(path, limit=limit, per_problem=per_problem)
 
 
 def model_file(spec: ModelSpec) -> Path:

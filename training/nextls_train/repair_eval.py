@@ -39,10 +39,10 @@ from nextls.runner import RunConfig
 from nextls.sandbox import Limits
 from nextls.trace.capture import trace_function
 from nextls_train.data import TaskRecord, _layout_tests
-from nextls_train.evaluate import DATASETS, JUDGED, EvalSettings, Models, ModelSpec, evaluate
+from nextls_train.evaluate import DATASETS, JUDGED, EvalSettings, Models, ModelSpec, dataset_tasks, evaluate
 from nextls_train.filter import VERDICTS
 from nextls_train.hidden import HiddenJudge, wilson
-from nextls_train.records import AppendLog, Logger, load_tasks, read_log, write_json, write_jsonl
+from nextls_train.records import AppendLog, Logger, read_log, write_json, write_jsonl
 from nextls_train.sample import read_samples
 
 METHODS = ("search", "model", "both")
@@ -77,15 +77,6 @@ class RepairSettings:
         unknown = set(self.methods) - set(METHODS)
         if unknown or not self.methods:
             raise ValueError(f"unknown method(s) {sorted(unknown)}: choose from {', '.join(METHODS)}")
-
-
-def select_tasks(dataset: str, settings: RepairSettings) -> list[TaskRecord]:
-    from nextls_train.data import DEFAULT_OUT_DIR
-
-    path = DEFAULT_OUT_DIR / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
-    if not path.is_file():
-        raise ValueError(f"no dataset {dataset!r}: name one of {', '.join(DATASETS)}, or give a .jsonl.gz file")
-    return load_tasks(path, per_problem=settings.per_problem, limit=settings.limit)
 
 
 def dataset_folder(dataset: str) -> str:
@@ -276,7 +267,7 @@ def evaluate_repair(dataset: str, out: Path, settings: RepairSettings, *, model:
     `model`: the server's default model unless given; `search`: `nextls.search.search_fixes` unless given."""
     out = Path(out)
     log = log or Logger(out / "log.txt")
-    tasks = select_tasks(dataset, settings)
+    tasks = dataset_tasks(dataset, settings.limit, settings.per_problem)
     model_tasks = tasks[: settings.model_tasks] if settings.model_tasks else tasks
     model_ids = {task.id for task in model_tasks}
     wants_search = {"search", "both"} & set(settings.methods)

@@ -41,8 +41,6 @@ from nextls.sandbox import kill_all_children, remove_stale_sandboxes, set_global
 logger = logging.getLogger(__name__)
 
 EXIT_GRACE_S = 2.0  # how long cancelled jobs get, on exit, to wind down once their processes are killed
-
-
 SERVER_NOT_INITIALIZED = -32002
 INTERNAL_ERROR = -32603
 # notifications about a document that only make sense once it is open

@@ -159,6 +159,15 @@ def test_a_killed_worker_is_replaced(tmp_path):
     assert [result.outcome for result in results.values()] == [TestOutcome.PASSED]
 
 
+def test_a_run_waits_for_the_worker_being_prestarted_instead_of_starting_a_second_one():
+    pool = WorkerPool(size=2)
+    limits = Limits()
+    pool.prestart(os.sys.executable, limits, dict(os.environ), pytest=False)
+    with pool.worker(os.sys.executable, limits, dict(os.environ), pytest=False) as worker:
+        assert worker.alive and pool._alive == 1
+    pool.close()
+
+
 def test_a_worker_is_retired_when_its_installed_packages_change(tmp_path):
     pool = WorkerPool(size=1)
     site = tmp_path / "site-packages"

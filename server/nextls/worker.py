@@ -246,6 +246,7 @@ class WorkerPool:
         self.size = size or max(2, os.cpu_count() or 2)
         self._idle: dict[_Key, list[TestWorker]] = {}
         self._alive = 0
+        self._prestarting: set[_Key] = set()  # a run for one of these waits for that worker, not starts one
         self._condition = threading.Condition()
         self._closed = False
 
@@ -278,6 +279,9 @@ class WorkerPool:
                         return worker
                     self._alive -= 1
                     worker.close()
+                if key in self._prestarting:
+                    self._condition.wait()
+                    continue
                 if self._alive < self.size:
                     self._alive += 1
                     return None
@@ -301,19 +305,34 @@ class WorkerPool:
                 self._alive -= 1
                 if worker is not None:
                     worker.close()
-            self._condition.notify()
+            self._condition.notify_all()
 
     def prestart(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
                  read_paths: Sequence[str] = ()) -> None:
         """Start a worker in the background, so that the first run finds it warm (a server calls this when
-        a client connects); a failure to start is logged, and the first run will report it."""
+        a client connects): a run that needs it meanwhile waits for it instead of starting a second, cold one
+        (which, on a small machine, could also evict the other warm workers). A failure to start is logged,
+        and the first run will report it. Nothing is started when such a worker is idle or on its way, or
+        when every worker is busy."""
+        key = _Key.of(python, limits, pytest, read_paths)
+        with self._condition:
+            if self._idle.get(key) or key in self._prestarting:
+                return
+            if self._alive >= self.size and not self._evict_one_idle():
+                return
+            self._alive += 1
+            self._prestarting.add(key)
 
         def start() -> None:
+            worker = None
             try:
-                with self.worker(python, limits, env, pytest=pytest, read_paths=read_paths):
-                    pass
+                worker = TestWorker(python, limits, env, pytest=pytest, read_paths=key.read_paths)
             except WorkerError as error:
                 logger.warning("%s", error)
+            finally:
+                with self._condition:
+                    self._prestarting.discard(key)
+                self._release(key, worker)
 
         threading.Thread(target=start, name="nextls-worker-prestart", daemon=True).start()
 

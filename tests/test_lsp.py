@@ -236,7 +236,7 @@ async def poll_processes(root_pid: int, wanted, what: str, timeout: float = 30) 
 
 
 def harness_processes(root_pid: int) -> list[int]:
-    """The test-harness processes below the server process."""
+    """The test runs below the server process: forks of its warm worker, named `nextls-run`."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -249,7 +249,7 @@ def harness_processes(root_pid: int) -> list[int]:
     found = []
     for pid in below:
         with contextlib.suppress(OSError):
-            if b"nextls_harness" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "nextls-run":
                 found.append(pid)
     return found
 

@@ -58,11 +58,13 @@ def _warm_up_pytest() -> None:
 _READ_CHUNK = 1 << 16
 _DRAIN_GRACE_S = 1.0
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+RUN_PROCESS_NAME = b"nextls-run"
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _prctl(option: int, value: int) -> None:
+def _prctl(option: int, value: int | bytes) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
@@ -97,6 +99,7 @@ def _run_in_child(request: dict, stdout_fd: int, stderr_fd: int) -> None:
     try:
         os.setsid()
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker dies: so does this run
+        _prctl(_PR_SET_NAME, RUN_PROCESS_NAME)  # what `ps` and `top` show for a run
         _prctl(_PR_SET_DUMPABLE, 1)  # its own /proc entries, for the user's code that reads them
         cpu = int(request["cpu_seconds"])
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))

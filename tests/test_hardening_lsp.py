@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -382,6 +384,35 @@ def test_a_file_with_a_thousand_tested_functions_gets_diagnostics_progressively_
         client.close()
 
 
+def programs_running_tests(server_pid: int) -> list[int]:
+    """The server's processes that run tests: a warm worker's forks, and programs started without one
+    (the warm workers themselves, children of the server that only wait for work, do not count)."""
+    found = []
+    for pid in descendants(server_pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != server_pid or b"nextls_worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_thirty_documents_opened_at_once_run_at_most_max_test_processes_programs(tmp_path: Path) -> None:
+    client = start(tmp_path / "ws", {"maxTestProcesses": 2, "diagnostics": "onOpenAndSave"})
+    try:
+        uris = [client.open(tmp_path / "ws" / f"doc{i}.py", f"import time\n\n\ndef f{i}():\n    time.sleep(0.2)"
+                            f"\n    return {i}\n\n\nassert f{i}() == -1\n") for i in range(30)]
+        most = 0
+        while not set(uris) <= {m["params"]["uri"] for m in client.notifications("textDocument/publishDiagnostics")}:
+            most = max(most, len(programs_running_tests(client.process.pid)))
+            time.sleep(0.02)
+        assert 1 <= most <= 2
+        published = {m["params"]["uri"]: m["params"]["diagnostics"]
+                     for m in client.notifications("textDocument/publishDiagnostics")}
+        assert all(len(published[uri]) == 1 for uri in uris)
+    finally:
+        client.close()
+
+
 def test_a_pytest_file_that_is_not_utf8_still_has_its_failing_test_reported(tmp_path: Path) -> None:
     client = start(tmp_path / "ws")
     try:
@@ -440,7 +471,14 @@ def test_exit_without_shutdown_while_a_fix_is_sampling_is_prompt_quiet_and_retur
         client.close()
 
 
-def test_exit_kills_the_test_processes(tmp_path: Path) -> None:
+def sandbox_folders_of(pids: set[int]) -> list[Path]:
+    """The `nextls-sandbox-PID.START-*` folders (see `sandbox.sandbox_dir`) made by these processes."""
+    owners = ((path, re.match(r"nextls-sandbox-(\d+)\.", path.name)) for path in Path(tempfile.gettempdir()).iterdir())
+    return [path for path, owner in owners if owner and int(owner[1]) in pids]
+
+
+@pytest.mark.parametrize("ending", ["exit", "SIGTERM", "SIGKILL"])
+def test_nothing_outlives_the_server_whatever_ends_it(tmp_path: Path, ending: str) -> None:
     client = start(tmp_path / "ws", {"testTimeout": 300})
     try:
         uri = client.open(tmp_path / "ws" / "slow.py", "import signal, time\n\n\ndef slow():\n"
@@ -452,11 +490,21 @@ def test_exit_kills_the_test_processes(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the test process did not start"
             time.sleep(0.05)
         time.sleep(1.0)  # the test runs in a process forked from the first (the warm worker)
-        children = descendants(client.process.pid)
-        client.notify("exit")
-        assert client.wait_exit(10) == 1
-        time.sleep(0.5)
-        assert not [pid for pid in children if running(pid)]
+        processes = {client.process.pid, *descendants(client.process.pid)}
+        if ending == "exit":
+            client.notify("exit")
+        else:
+            client.process.send_signal(getattr(signal, ending))
+        expected_code = {"exit": 1, "SIGTERM": 128 + signal.SIGTERM, "SIGKILL": -signal.SIGKILL}[ending]
+        assert client.wait_exit(10) == expected_code
+        deadline = time.monotonic() + 5  # a parent-death signal takes a moment to be delivered
+        while alive := [pid for pid in processes if running(pid)]:
+            assert time.monotonic() < deadline, f"still running after the server ended: {alive}"
+            time.sleep(0.1)
+        if ending == "SIGKILL":  # its folders are left behind; the next server removes them
+            assert sandbox_folders_of(processes)
+            start(tmp_path / "next").close()
+            assert not sandbox_folders_of(processes)
     finally:
         client.close()
 

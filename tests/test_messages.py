@@ -11,6 +11,7 @@ from nextls.messages import readable
 from nextls.runner import RunConfig, TestCase, run_tests
 from nextls.sandbox import Limits
 from nextls.splice import find_function
+from nextls.trace.capture import trace_function
 
 DOCTESTS = '''\
 def sign(a, b):
@@ -134,3 +135,11 @@ def test_readable_rewrites_only_what_changes_from_run_to_run() -> None:
         "<function f> is not <Box object>"
     assert readable("/home/me/nextls-demo-project/src/app.py:3") == "/home/me/nextls-demo-project/src/app.py:3"
     assert readable("f(0x10) returned 16, expected 17") == "f(0x10) returned 16, expected 17"
+
+
+def test_a_trace_of_a_test_that_timed_out_says_after_how_long(tmp_path: Path) -> None:
+    file = tmp_path / "sleepy.py"
+    file.write_text("import time\n\n\ndef nap(n):\n    time.sleep(30)\n    return n\n\n\nassert nap(1) == 2\n")
+    report = trace_function(file, "nap", config=RunConfig(test_timeout=0.5, limits=Limits(wall_time=30)))
+    assert "    time.sleep(30)  # (1) __exception__=TestTimeout('timed out after 0.5 s')" in report.rendered
+    assert "assert nap(1) == 2  # timeout: timed out after 0.5 s" in report.rendered

@@ -73,13 +73,18 @@ class CappedStream(io.TextIOBase):
         return getattr(self.inner, "encoding", "utf-8")
 
 
-def _on_alarm(signum, frame) -> None:
-    raise TestTimeout()
-
-
 def timed_out(seconds: float) -> str:
     """What a user reads for a test stopped by its time limit (never the exception's class name)."""
     return f"timed out after {seconds:g} s"
+
+
+def _alarm_after(seconds: float):
+    """The SIGALRM handler: a trace that catches the timeout in the function shows this message too."""
+
+    def on_alarm(signum, frame) -> None:
+        raise TestTimeout(timed_out(seconds))
+
+    return on_alarm
 
 
 def printed_too_much(limit: int) -> str:
@@ -341,7 +346,7 @@ class Harness:
 
     def run(self) -> None:
         sys.path[:0] = self.spec.get("sys_path", [])
-        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.signal(signal.SIGALRM, _alarm_after(self.test_timeout))
         sys.stdout = CappedStream(sys.stdout, self.output_limit)
         sys.stderr = CappedStream(sys.stderr, self.output_limit)
         tests = self.spec["tests"]

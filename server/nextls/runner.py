@@ -174,7 +174,7 @@ def _blame(process: ProcessResult) -> TestOutcome:
 
 def _process_failure(process: ProcessResult, where: str) -> str:
     if process.outcome is Outcome.TIMEOUT:
-        what = f"the test process was killed after {process.wall_time:.1f}s (time limit)"
+        what = f"the test process timed out after {process.wall_time:.1f} s (its time limit) and was killed"
     elif process.signal is not None:
         what = f"the test process died from signal {process.signal} ({_signal_name(process.signal)})"
     else:

@@ -254,6 +254,11 @@ def set_global_limits(*, max_processes: int | None = None, max_memory_bytes: int
     _GATE.configure(max_processes or _default_max_processes(), max_memory_bytes or _default_max_memory())
 
 
+def max_test_processes() -> int:
+    """The global cap on sandboxed programs running at once (:func:`set_global_limits`)."""
+    return _GATE.max_processes
+
+
 @contextlib.contextmanager
 def process_slot(memory_bytes: int | None, cancel: threading.Event | None = None) -> Iterator[bool]:
     """One place under the global caps of :func:`set_global_limits`, held for the block: for a sandboxed

@@ -30,7 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nextls.sandbox import Limits, Outcome, ProcessResult, SandboxedProcess, process_slot, python_argv
+from nextls.sandbox import (
+    Limits,
+    Outcome,
+    ProcessResult,
+    SandboxedProcess,
+    max_test_processes,
+    process_slot,
+    python_argv,
+)
 
 __all__ = ["POOL", "WorkerError", "WorkerPool", "shutdown"]
 
@@ -243,7 +251,7 @@ class WorkerPool:
     """Idle workers by interpreter and limits; at most `size` alive at once (runs wait for a free one)."""
 
     def __init__(self, size: int | None = None) -> None:
-        self.size = size or max(2, os.cpu_count() or 2)
+        self._size = size
         self._idle: dict[_Key, list[TestWorker]] = {}
         self._alive = 0
         self._prestarting: set[_Key] = set()  # a run for one of these waits for that worker, not starts one
@@ -306,6 +314,12 @@ class WorkerPool:
                 if worker is not None:
                     worker.close()
             self._condition.notify_all()
+
+    @property
+    def size(self) -> int:
+        """By default as many workers as test processes may run at once (the sandbox's global cap, a
+        server setting), plus two, so that idle workers of another kind (pytest, the debugger's) stay warm."""
+        return self._size or max_test_processes() + 2
 
     def prestart(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
                  read_paths: Sequence[str] = ()) -> None:

@@ -178,6 +178,8 @@ lora = "proxy"
 """)
     config = load_compare(config_file)
     assert config.models[1].lora == str(tmp_path / "proxy")  # paths are relative to the config file
+    one_each = load_compare(config_file, ["settings.per_problem=1", "settings.limit=0"]).settings
+    assert len(dataset_tasks("mbpp-r-dev", one_each.limit, one_each.per_problem)) == 89  # one per dev problem
 
     def load(gguf: Path, lora: str) -> Scripted:
         return loader(gguf, Path(lora).name if lora else "")

@@ -193,6 +193,8 @@ def _training_parsers(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--backend", choices=("llama.cpp", "transformers"), default="llama.cpp",
                           help="llama.cpp: the server's runtime (default); transformers: batched, for a GPU")
     evaluate.add_argument("--limit", type=int, default=0, help="the first N tasks only (problems taken in turn)")
+    evaluate.add_argument("--per-problem", type=int,
+                          help="at most N tasks per problem (default: 1 with --method, else all); --limit after it")
     evaluate.add_argument("--temperature", type=float, default=0.8)
     evaluate.add_argument("--max-new-tokens", type=int, default=512)
     evaluate.add_argument("--batch-size", type=int, default=16, help="transformers: rows per batch")
@@ -210,7 +212,6 @@ def _training_parsers(commands: argparse._SubParsersAction) -> None:
     repair.add_argument("--method", choices=("search", "model", "both"),
                         help="search: the repair search alone; model: k=4 answers of the server's model; both: the "
                              "search, then the model when the search verified nothing (nextls fix's defaults)")
-    repair.add_argument("--per-problem", type=int, default=1, help="tasks per problem (default: %(default)s)")
     repair.add_argument("--model-tasks", type=int, default=0,
                         help="model and both: only the first N tasks of the selection (default: all)")
     repair.add_argument("--search-budget", type=float, default=20.0, help="seconds per task (default: %(default)s)")
@@ -303,8 +304,8 @@ def _eval(args: argparse.Namespace) -> int:
     settings = evaluate.EvalSettings(
         samples=args.samples, ks=ks, greedy=not args.no_greedy, proxy=args.proxy is not None,
         proxy_model=evaluate.ModelSpec(args.proxy or "default"), temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, backend=args.backend, batch_size=args.batch_size,
-        threads=args.threads, workers=args.workers)
+        max_new_tokens=args.max_new_tokens, limit=args.limit, per_problem=args.per_problem or 0, backend=args.backend,
+        batch_size=args.batch_size, threads=args.threads, workers=args.workers)
     spec = evaluate.ModelSpec(args.model, args.lora)
     out = args.out or evaluate.cell_dir(Path("training/runs/out/eval"), spec, args.dataset, not args.no_trace)
     summary = evaluate.evaluate(spec, args.dataset, not args.no_trace, settings, out,
@@ -322,7 +323,8 @@ def _eval_repair(args: argparse.Namespace) -> int:
         return 2
     methods = ("search", "model", "both") if args.method == "both" else (args.method,)
     settings = repair_eval.RepairSettings(
-        methods=methods, per_problem=args.per_problem, limit=args.limit, model_tasks=args.model_tasks,
+        methods=methods, per_problem=1 if args.per_problem is None else args.per_problem, limit=args.limit,
+        model_tasks=args.model_tasks,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, threads=args.threads, workers=args.workers,
         search_budget=args.search_budget)
     out = args.out or Path("training/runs/out/repair") / args.dataset

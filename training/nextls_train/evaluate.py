@@ -81,6 +81,7 @@ class EvalSettings:
     max_new_tokens: int = 512
     seed: int = 0
     limit: int = 0  # 0: every task of the dataset; else the first N (problems taken in turn)
+    per_problem: int = 0  # 0: every task of a problem; 1: one task per problem (89 of Mbpp-R dev, all of HeFix+)
     backend: str = "llama.cpp"  # the server's runtime; "transformers" batches on a GPU
     batch_size: int = 16  # transformers: rows generated together
     threads: int = 2
@@ -165,7 +166,7 @@ def evaluate(spec: ModelSpec, dataset: str, use_trace: bool, settings: EvalSetti
     `tasks`: these tasks of the dataset instead of its first `settings.limit`."""
     log = log or Logger()
     out = Path(out)
-    tasks = dataset_tasks(dataset, settings.limit) if tasks is None else list(tasks)
+    tasks = dataset_tasks(dataset, settings.limit, settings.per_problem) if tasks is None else list(tasks)
     gguf = model_file(spec)
     identity = {"model": str(gguf), "lora": spec.lora, "dataset": dataset, "use_trace": use_trace,
                 "backend": settings.backend, "max_new_tokens": settings.max_new_tokens}
@@ -402,7 +403,8 @@ def run_compare(config: CompareConfig, *, report_only: bool = False, log: Logger
                 if report_only:
                     if not (folder / "eval.json").exists():
                         continue
-                    cell = summarize(folder, dataset_tasks(dataset, config.settings.limit), config.settings)
+                    tasks = dataset_tasks(dataset, config.settings.limit, config.settings.per_problem)
+                    cell = summarize(folder, tasks, config.settings)
                     cell.update(json.loads((folder / "eval.json").read_text()), label=spec.label())
                 else:
                     cell = evaluate(spec, dataset, use_trace, config.settings, folder, models, log=log,

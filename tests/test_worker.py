@@ -3,6 +3,7 @@ the code under test cannot forge, per-test line coverage."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import textwrap
@@ -204,3 +205,30 @@ def test_a_worker_outlives_the_thread_that_asked_for_it(tmp_path):
     with pool.worker(os.sys.executable, Limits(), dict(os.environ), pytest=False) as again:
         assert again is started[0]
     pool.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the runs are not under a uid of their own to scan")
+def test_a_process_that_escapes_the_runs_session_is_killed_with_the_run(tmp_path):
+    marker = f"nextls-escapee-{os.getpid()}-{time.monotonic_ns()}"
+    source = textwrap.dedent(f"""\
+        import os, subprocess, sys
+        def escape():
+            if os.fork() == 0:
+                os.setsid()
+                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{marker}"],
+                                 start_new_session=True)
+                os._exit(0)
+            os.wait()
+            return 1
+        """)
+    results = _run(tmp_path, source, ["assert escape() == 1"])
+    assert [result.outcome for result in results.values()] == [TestOutcome.PASSED]
+    time.sleep(0.2)
+    survivors = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+                if marker.encode() in (entry / "cmdline").read_bytes() and state != b"Z":
+                    survivors.append(entry.name)
+    assert not survivors

@@ -145,6 +145,16 @@ def _kill_strays() -> None:
                 os.kill(int(name), signal.SIGKILL)
 
 
+def _has_children() -> bool:
+    """Whether any process, alive or not yet reaped, is our child. A run's descendants that outlive it are
+    handed to us (child subreaper), so with none, nothing escaped the run and /proc need not be scanned."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _reap_all() -> None:
     """Collect every dead child: the run's orphans are handed to us (child subreaper)."""
     with contextlib.suppress(ChildProcessError):
@@ -188,7 +198,7 @@ def serve_one(request: dict, requests) -> dict:
     wall_time = time.monotonic() - started
     _kill_group(pid)
     _, status, rusage = os.wait4(pid, 0)
-    if request.get("kill_strays"):
+    if request.get("kill_strays") and _has_children():
         _kill_strays()
     give_up = time.monotonic() + _DRAIN_GRACE_S
     while open_pipes and time.monotonic() < give_up:

@@ -176,6 +176,30 @@ def test_discovery_finds_doctests_asserts_and_pytest_tests(tmp_path: Path) -> No
         "tests/test_calc.py::TestMore::test_odd": TestOutcome.PASSED}
 
 
+def test_a_loop_of_asserts_is_one_test(tmp_path: Path) -> None:
+    """HumanEval's style: property checks in a loop at the module's top level."""
+    module = write(tmp_path, "shift.py", """\
+        def shift(s):
+            return "".join(chr(ord(ch) + 2) for ch in s)
+
+
+        def unshift(s):
+            return "".join(chr(ord(ch) - 1) for ch in s)
+
+
+        for text in ["abc", "xy"]:
+            assert unshift(shift(text)) == text
+        """)
+    source = module.read_text()
+    tests = discover_tests(module, source, find_function(source, "unshift"))
+    assert [(test.kind, test.id, test.line) for test in tests] == [("assert", "assert:shift.py:9", 9)]
+    loaded = target_module(module, source, tests)
+    assert len(loaded.source.splitlines()) == len(source.splitlines())
+    assert run_tests(loaded, tests).results[0].outcome is TestOutcome.FAILED
+    fixed = source.replace("ord(ch) - 1", "ord(ch) - 2")
+    assert run_tests(target_module(module, fixed, tests), tests).results[0].outcome is TestOutcome.PASSED
+
+
 def test_pytest_tests_see_the_source_they_are_given_not_the_disk(tmp_path: Path) -> None:
     write(tmp_path, "pytest.ini", "[pytest]\n")
     module = write(tmp_path, "mod.py", "def inc(x):\n    return x\n")

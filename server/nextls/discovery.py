@@ -68,13 +68,21 @@ def _names_in(node: ast.AST) -> set[str]:
             if isinstance(child, (ast.Name, ast.Attribute))}
 
 
-def _module_level_asserts(tree: ast.Module) -> Iterator[ast.Assert]:
-    """Asserts at the top of the module or inside its `if __name__ == "__main__":` block."""
+def _module_level_asserts(tree: ast.Module) -> Iterator[ast.stmt]:
+    """Asserts at the top of the module or inside its `if __name__ == "__main__":` block, and loops of
+    asserts there (`for case in cases: assert f(case) == ...`, HumanEval's style), each loop one test."""
     for statement in tree.body:
-        if isinstance(statement, ast.Assert):
+        if isinstance(statement, ast.If) and "__main__" in ast.unparse(statement.test):
+            yield from (inner for inner in statement.body if _is_assert_test(inner))
+        elif _is_assert_test(statement):
             yield statement
-        elif isinstance(statement, ast.If) and "__main__" in ast.unparse(statement.test):
-            yield from (inner for inner in statement.body if isinstance(inner, ast.Assert))
+
+
+def _is_assert_test(statement: ast.stmt) -> bool:
+    if isinstance(statement, ast.Assert):
+        return True
+    return isinstance(statement, (ast.For, ast.While)) and any(
+        isinstance(node, ast.Assert) for node in ast.walk(statement))
 
 
 def _assert_cases(source: str, tree: ast.Module, file: Path, root: Path) -> Iterator[tuple[TestCase, set[str]]]:

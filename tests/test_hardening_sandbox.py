@@ -295,3 +295,17 @@ def test_programs_started_elsewhere_count_against_the_cap(global_limits: None) -
 def test_global_limits_refuse_nonsense(bad: dict) -> None:
     with pytest.raises(ValueError, match="positive integer"):
         set_global_limits(**bad)
+
+
+@needs_namespaces
+def test_an_interpreter_under_tmp_is_isolated_too(tmp_path):
+    """A venv in /tmp (a fresh clone there, CI's checkout) sits under the folder the namespace replaces with a
+    private one: the probe must grant the interpreter as the runs do, or isolation is switched off."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    server = Path(sandbox.__file__).resolve().parents[1]
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from nextls import sandbox; print(sandbox._namespaces_available())"],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(server)}, capture_output=True, text=True,
+        check=True, timeout=120)
+    assert probe.stdout.strip() == "True", probe.stderr

@@ -881,6 +881,9 @@ def _namespaces_available() -> bool:
         return False
     with sandbox_dir() as workdir:
         planner = _MountPlanner(None)
+        # the interpreter may live under a folder the namespace covers (a venv in /tmp): grant it as runs do
+        for path in sorted({os.path.realpath(path) for path in _needed_paths(sys.executable, [], {}, [])}, key=len):
+            planner.grant(path, writable=False)
         planner.grant(workdir, writable=True)
         probe = _child_setup([], None, planner.plan(network=False, cwd=workdir))
         try:

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from processes import descendants
 from test_lsp import scripted
 
 from nextls.discovery import discover_all_tests
@@ -430,19 +431,6 @@ def test_a_pytest_file_that_is_not_utf8_still_has_its_failing_test_reported(tmp_
 
 
 # -- the end of a session ------------------------------------------------------------------------------
-
-def descendants(root_pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    below, frontier = set(), {root_pid}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
-        below |= frontier
-    return below
-
 
 def running(pid: int) -> bool:
     try:

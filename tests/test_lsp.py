@@ -24,6 +24,7 @@ from typing import Union
 import pytest
 from example_fixes import remove_occ_fix
 from lsprotocol import types
+from processes import descendants
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import LanguageClient, make_test_lsp_client
@@ -237,17 +238,8 @@ async def poll_processes(root_pid: int, wanted, what: str, timeout: float = 30) 
 
 def harness_processes(root_pid: int) -> list[int]:
     """The test runs below the server process: forks of its warm worker, named `nextls-run`."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    below, frontier = set(), {root_pid}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
-        below |= frontier
     found = []
-    for pid in below:
+    for pid in descendants(root_pid):
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/comm").read_text().strip() == "nextls-run":
                 found.append(pid)

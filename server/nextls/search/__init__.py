@@ -181,7 +181,8 @@ def _pairs(tried: Sequence[tuple[FixCandidate, tuple[Edit, ...]]]) -> Iterator[t
     whose two edits together pass the most different tests (each may fix what the other does not), then by
     their search order."""
     singles = [(candidate, edits[0]) for candidate, edits in tried if len(edits) == 1 and not candidate.verified]
-    pool = sorted(singles, key=lambda item: -item[0].passed)[:PAIR_POOL]
+    # by search order among equals, not by which run happened to finish first (two run at a time)
+    pool = sorted(singles, key=lambda item: (-item[0].passed, item[0].index))[:PAIR_POOL]
     passing = [{result.id for result in candidate.results if result.passed} for candidate, _ in pool]
     pairs = [(len(passing[i] | passing[j]), i + j, pool[i][1], pool[j][1])
              for i, j in itertools.combinations(range(len(pool)), 2) if not overlap(pool[i][1], pool[j][1])]

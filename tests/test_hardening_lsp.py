@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from processes import descendants
+from processes import descendants, is_alive
 from test_lsp import scripted
 
 from nextls.discovery import discover_all_tests
@@ -432,13 +432,6 @@ def test_a_pytest_file_that_is_not_utf8_still_has_its_failing_test_reported(tmp_
 
 # -- the end of a session ------------------------------------------------------------------------------
 
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_exit_without_shutdown_while_a_fix_is_sampling_is_prompt_quiet_and_returns_1(tmp_path: Path) -> None:
     env = scripted(tmp_path, "no fix here", delay_s=60.0)
     client = start(tmp_path / "ws", {"k": 4}, env, capabilities={"window": {"workDoneProgress": True}})
@@ -486,7 +479,7 @@ def test_nothing_outlives_the_server_whatever_ends_it(tmp_path: Path, ending: st
         expected_code = {"exit": 1, "SIGTERM": 128 + signal.SIGTERM, "SIGKILL": -signal.SIGKILL}[ending]
         assert client.wait_exit(10) == expected_code
         deadline = time.monotonic() + 5  # a parent-death signal takes a moment to be delivered
-        while alive := [pid for pid in processes if running(pid)]:
+        while alive := [pid for pid in processes if is_alive(pid)]:
             assert time.monotonic() < deadline, f"still running after the server ended: {alive}"
             time.sleep(0.1)
         if ending == "SIGKILL":  # its folders are left behind; the next server removes them

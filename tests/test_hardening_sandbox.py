@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from processes import is_alive
+from test_sandbox import IS_ROOT, root_only, run_python
 
 from nextls import sandbox
 from nextls.sandbox import (
@@ -28,29 +30,13 @@ from nextls.sandbox import (
     child_env,
     kill_all_children,
     process_slot,
-    python_argv,
     remove_stale_sandboxes,
-    run_process,
     sandbox_dir,
     set_global_limits,
 )
 
-IS_ROOT = os.geteuid() == 0
-root_only = pytest.mark.skipif(not IS_ROOT, reason="the sandbox switches uid and drops capabilities as root only")
 needs_namespaces = pytest.mark.skipif(
     not sandbox._namespaces_available(), reason="this kernel refuses private mount/network namespaces")
-
-
-def run_python(code: str, **kwargs) -> ProcessResult:
-    return run_process(python_argv(sys.executable, "-c", code), **kwargs)
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return stat_line[stat_line.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def wait_for(condition, timeout: float) -> bool:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from processes import is_alive, pids_whose_cmdline_contains
 
 from nextls.sandbox import (
     Limits,
@@ -29,16 +30,9 @@ root_only = pytest.mark.skipif(not IS_ROOT, reason="the sandbox drops privileges
 DEFAULT_LIMITS = Limits()
 
 
-def run_python(
-    code: str,
-    *,
-    limits: Limits = DEFAULT_LIMITS,
-    cancel: threading.Event | None = None,
-    env: dict[str, str] | None = None,
-    pass_fds: list[int] | None = None,
-) -> ProcessResult:
-    argv = python_argv(sys.executable, "-c", code)
-    return run_process(argv, limits=limits, cancel=cancel, env=env, pass_fds=pass_fds or ())
+def run_python(code: str, *, limits: Limits = DEFAULT_LIMITS, **options) -> ProcessResult:
+    """`code` run by this interpreter through `run_process` (options: cancel, env, pass_fds, read_paths)."""
+    return run_process(python_argv(sys.executable, "-c", code), limits=limits, **options)
 
 
 def timed(call: Callable[[], ProcessResult]) -> tuple[ProcessResult, float]:
@@ -47,25 +41,6 @@ def timed(call: Callable[[], ProcessResult]) -> tuple[ProcessResult, float]:
     return result, time.monotonic() - started
 
 
-def pids_whose_cmdline_contains(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (a dead process not yet reaped by its parent)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return stat_line[stat_line.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def test_normal_exit_is_ok_with_stdout_and_stderr() -> None:

@@ -3,7 +3,6 @@ the code under test cannot forge, per-test line coverage."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import textwrap
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import is_alive, pids_whose_cmdline_contains
 
 from nextls.discovery import discover_tests, target_module
 from nextls.runner import RunCancelled, RunConfig, TargetModule, TestCase, TestOutcome, run_tests
@@ -163,8 +163,8 @@ def test_a_killed_worker_is_replaced(tmp_path):
 def test_a_run_waits_for_the_worker_being_prestarted_instead_of_starting_a_second_one():
     pool = WorkerPool(size=2)
     limits = Limits()
-    pool.prestart(os.sys.executable, limits, dict(os.environ), pytest=False)
-    with pool.worker(os.sys.executable, limits, dict(os.environ), pytest=False) as worker:
+    pool.prestart(os.sys.executable, limits, pytest=False)
+    with pool.worker(os.sys.executable, limits, pytest=False) as worker:
         assert worker.alive and pool._alive == 1
     pool.close()
 
@@ -174,14 +174,14 @@ def test_a_worker_is_retired_when_its_installed_packages_change(tmp_path):
     site = tmp_path / "site-packages"
     site.mkdir()
     limits = Limits()
-    with pool.worker(os.sys.executable, limits, dict(os.environ)) as first:
+    with pool.worker(os.sys.executable, limits) as first:
         first.info["site"] = [str(site)]
         first.site_stamp = (site.stat().st_mtime_ns,)
-    with pool.worker(os.sys.executable, limits, dict(os.environ)) as second:
+    with pool.worker(os.sys.executable, limits) as second:
         assert second is first
     (site / "newly_installed").mkdir()
     os.utime(site, (time.time() + 5, time.time() + 5))
-    with pool.worker(os.sys.executable, limits, dict(os.environ)) as third:
+    with pool.worker(os.sys.executable, limits) as third:
         assert third is not first and third.alive
     assert not first.alive
     pool.close()
@@ -194,7 +194,7 @@ def test_a_worker_outlives_the_thread_that_asked_for_it(tmp_path):
     started: list = []
 
     def first_run() -> None:
-        with pool.worker(os.sys.executable, Limits(), dict(os.environ), pytest=False) as worker:
+        with pool.worker(os.sys.executable, Limits(), pytest=False) as worker:
             started.append(worker)
 
     thread = threading.Thread(target=first_run)
@@ -202,7 +202,7 @@ def test_a_worker_outlives_the_thread_that_asked_for_it(tmp_path):
     thread.join()
     time.sleep(0.5)
     assert started[0].alive
-    with pool.worker(os.sys.executable, Limits(), dict(os.environ), pytest=False) as again:
+    with pool.worker(os.sys.executable, Limits(), pytest=False) as again:
         assert again is started[0]
     pool.close()
 
@@ -224,11 +224,5 @@ def test_a_process_that_escapes_the_runs_session_is_killed_with_the_run(tmp_path
     results = _run(tmp_path, source, ["assert escape() == 1"])
     assert [result.outcome for result in results.values()] == [TestOutcome.PASSED]
     time.sleep(0.2)
-    survivors = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-                if marker.encode() in (entry / "cmdline").read_bytes() and state != b"Z":
-                    survivors.append(entry.name)
+    survivors = [pid for pid in pids_whose_cmdline_contains(marker) if is_alive(pid)]
     assert not survivors

@@ -226,7 +226,7 @@ def _run_folder(target: TargetModule, tests: Sequence[TestCase], config: RunConf
 
         limits, read_paths = debugpy_backend.debug_worker(limits, read_paths)
     pytest = any(test.kind == "pytest" for test in tests)
-    with POOL.worker(config.python, limits, _run_env(CHILD_DIR), pytest=pytest,
+    with POOL.worker(config.python, limits, pytest=pytest,
                      read_paths=read_paths) as worker, worker.run_folder() as work_dir:
         yield Path(work_dir), worker
 
@@ -238,7 +238,7 @@ def _read_paths(target: TargetModule) -> list[str]:
 
 def _run_child(spec: dict, config: RunConfig, work_dir: Path, worker: TestWorker, trace: TraceRequest | None,
                cancel: threading.Event | None) -> tuple[ProcessResult, dict | None]:
-    env = _run_env(work_dir)
+    env = child_env(work_dir)  # HOME and TMPDIR in the run's own folder
     if trace is not None and trace.backend == "debugpy":
         from nextls.trace import debugpy_backend
 
@@ -258,12 +258,7 @@ def prestart_worker(config: RunConfig = RunConfig(), read_paths: Sequence[str] =
         from nextls.trace import debugpy_backend
 
         limits, read_paths = debugpy_backend.debug_worker(limits, read_paths)
-    POOL.prestart(config.python, limits, _run_env(CHILD_DIR), pytest=True, read_paths=read_paths)
-
-
-def _run_env(work_dir: Path) -> dict[str, str]:
-    """The environment of a test run (and of the worker that forks it)."""
-    return child_env(work_dir)
+    POOL.prestart(config.python, limits, pytest=True, read_paths=read_paths)
 
 
 def _read_results(path: Path, secret: bytes) -> tuple[dict[str, TestResult], set[str]]:

@@ -373,23 +373,9 @@ def _result(
 ) -> ProcessResult:
     killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    if stop_reason is not None:
-        outcome = stop_reason
-    elif killed_by is not None:
-        cpu_used = rusage.ru_utime + rusage.ru_stime
-        # SIGXCPU at the soft CPU limit; SIGKILL at the hard one if the program caught SIGXCPU.
-        hit_cpu_limit = killed_by == signal.SIGXCPU or (
-            killed_by == signal.SIGKILL and cpu_used >= limits.cpu_seconds
-        )
-        outcome = Outcome.TIMEOUT if hit_cpu_limit else Outcome.CRASHED
-    elif returncode == 0:
-        outcome = Outcome.OK
-    elif returncode == 1 and _ends_with_memory_error(pipes.stderr.tail):  # 1: an uncaught exception
-        outcome = Outcome.CRASHED
-    else:
-        outcome = Outcome.EXITED
     return ProcessResult(
-        outcome=outcome,
+        outcome=exit_outcome(stop_reason, killed_by, returncode, rusage.ru_utime + rusage.ru_stime, limits,
+                             pipes.stderr.tail),
         returncode=returncode,
         signal=killed_by,
         stdout=pipes.stdout.text(),
@@ -398,6 +384,23 @@ def _result(
         stderr_truncated=pipes.stderr.truncated,
         wall_time=wall_time,
     )
+
+
+def exit_outcome(stop_reason: Outcome | None, killed_by: int | None, returncode: int | None, cpu_used: float,
+                 limits: Limits, stderr_tail: bytes) -> Outcome:
+    """How a contained process ended, from how it was stopped (None: by itself), its wait status, the CPU
+    it used and the end of its stderr; also for the runs a warm worker forks, which it reports this way."""
+    if stop_reason is not None:
+        return stop_reason
+    if killed_by is not None:
+        # SIGXCPU at the soft CPU limit; SIGKILL at the hard one if the program caught SIGXCPU.
+        hit_cpu_limit = killed_by == signal.SIGXCPU or (killed_by == signal.SIGKILL and cpu_used >= limits.cpu_seconds)
+        return Outcome.TIMEOUT if hit_cpu_limit else Outcome.CRASHED
+    if returncode == 0:
+        return Outcome.OK
+    if returncode == 1 and _ends_with_memory_error(stderr_tail):  # 1: an uncaught exception
+        return Outcome.CRASHED
+    return Outcome.EXITED
 
 
 def _ends_with_memory_error(stderr_tail: bytes) -> bool:
@@ -1321,11 +1324,12 @@ class SandboxedProcess:
     """A long-lived process under the same containment as a run (the warm test worker): its own session,
     the rlimits of ``limits`` (the CPU limit left to whoever it forks per run), the sandbox uid as root,
     the same namespaces (``read_paths`` readable), a fresh working folder of its own, the only writable
-    folder it has: what it forks per run works in subfolders of it. Talk to it through ``stdin`` /
+    folder it has: what it forks per run works in subfolders of it. ``env=None`` gives it :func:`child_env`
+    of that folder, as :func:`run_process` does. Talk to it through ``stdin`` /
     ``stdout``; its stderr goes to ``stderr_path`` in that folder. ``close()`` kills its group and whatever
     its uid still runs, and removes the folder."""
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], limits: Limits,
+    def __init__(self, argv: Sequence[str], *, limits: Limits, env: Mapping[str, str] | None = None,
                  read_paths: Sequence[str | os.PathLike[str]] = ()) -> None:
         argv = [os.fspath(arg) for arg in argv]
         self._stack = contextlib.ExitStack()
@@ -1334,6 +1338,7 @@ class SandboxedProcess:
             self.workdir = self._stack.enter_context(sandbox_dir())
             if self.uid is not None:
                 _chown_tree(self.workdir, self.uid)
+            env = child_env(self.workdir) if env is None else env
             self.stderr_path = os.path.join(self.workdir, "worker.stderr")
             rlimits = [(which, values) for which, values in _rlimits(limits, dropping=self.uid is not None)
                        if which != resource.RLIMIT_CPU]

@@ -35,6 +35,7 @@ from nextls.sandbox import (
     Outcome,
     ProcessResult,
     SandboxedProcess,
+    exit_outcome,
     max_test_processes,
     process_slot,
     python_argv,
@@ -118,11 +119,11 @@ class TestWorker:
 
     __test__ = False
 
-    def __init__(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+    def __init__(self, python: str, limits: Limits, *, pytest: bool = True,
                  read_paths: Sequence[str] = ()) -> None:
         argv = python_argv(python, str(WORKER_SCRIPT), *(["--pytest"] if pytest else []))
         try:
-            self.process = _SPAWNER.submit(SandboxedProcess, argv, env=env, limits=limits,
+            self.process = _SPAWNER.submit(SandboxedProcess, argv, limits=limits,
                                            read_paths=read_paths).result()
         except (FileNotFoundError, PermissionError) as error:
             raise WorkerError(f"cannot start the test worker with {python!r}: {error.strerror}") from error
@@ -133,12 +134,12 @@ class TestWorker:
             self.close()
             raise WorkerError(f"the test worker for {python!r} did not start" + (f": {detail}" if detail else ""))
         self.info = json.loads(ready)
-        self.site_stamp = _site_stamp(self.info.get("site", []))
+        self.site_stamp = _folder_stamps(self.info.get("site", []))
         # As a sandbox uid, a project folder the uid may not list is shown to it entry by entry, as the
         # entries were when the worker started (see nextls.sandbox): a file added or replaced (an editor's
         # atomic save) since then would be invisible, so such a change retires the worker.
         self.read_paths = tuple(read_paths) if self.uid is not None else ()
-        self.read_stamp = _site_stamp(self.read_paths)
+        self.read_stamp = _folder_stamps(self.read_paths)
 
     @property
     def uid(self) -> int | None:
@@ -149,8 +150,8 @@ class TestWorker:
         return self.process.alive
 
     def stale(self) -> bool:
-        return (_site_stamp(self.info.get("site", [])) != self.site_stamp
-                or _site_stamp(self.read_paths) != self.read_stamp)
+        return (_folder_stamps(self.info.get("site", [])) != self.site_stamp
+                or _folder_stamps(self.read_paths) != self.read_stamp)
 
     def run_folder(self) -> contextlib.AbstractContextManager[str]:
         """A fresh folder for one run, the only place the run can write; removed afterwards."""
@@ -215,28 +216,14 @@ class TestWorker:
 
 def _process_result(answer: dict, limits: Limits) -> ProcessResult:
     """The worker's account of a run, as the sandbox would have reported the process."""
-    killed_by, returncode = answer["signal"], answer["returncode"]
-    if answer["stop_reason"] == "timeout":
-        outcome = Outcome.TIMEOUT
-    elif answer["stop_reason"] == "cancelled":
-        outcome = Outcome.CANCELLED
-    elif killed_by is not None:
-        # SIGXCPU at the soft CPU limit; SIGKILL at the hard one if the program caught SIGXCPU.
-        hit_cpu_limit = killed_by == signal.SIGXCPU or (
-            killed_by == signal.SIGKILL and answer["cpu_time"] >= limits.cpu_seconds)
-        outcome = Outcome.TIMEOUT if hit_cpu_limit else Outcome.CRASHED
-    elif returncode == 0:
-        outcome = Outcome.OK
-    elif returncode == 1 and answer["stderr_tail"].rstrip().splitlines()[-1:] and \
-            answer["stderr_tail"].rstrip().splitlines()[-1].startswith("MemoryError"):
-        outcome = Outcome.CRASHED  # an uncaught MemoryError: the memory limit
-    else:
-        outcome = Outcome.EXITED
-    return ProcessResult(outcome, returncode, killed_by, answer["stdout"], answer["stderr"],
+    stop_reason = {"timeout": Outcome.TIMEOUT, "cancelled": Outcome.CANCELLED}.get(answer["stop_reason"])
+    outcome = exit_outcome(stop_reason, answer["signal"], answer["returncode"], answer["cpu_time"], limits,
+                           answer["stderr_tail"].encode("utf-8"))
+    return ProcessResult(outcome, answer["returncode"], answer["signal"], answer["stdout"], answer["stderr"],
                          answer["stdout_truncated"], answer["stderr_truncated"], answer["wall_time"])
 
 
-def _site_stamp(folders: Sequence[str]) -> tuple[int, ...]:
+def _folder_stamps(folders: Sequence[str]) -> tuple[int, ...]:
     """The folders' modification times: one changes when an entry is added, removed or replaced."""
     stamps = []
     for folder in folders:
@@ -259,7 +246,7 @@ class WorkerPool:
         self._closed = False
 
     @contextlib.contextmanager
-    def worker(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+    def worker(self, python: str, limits: Limits, *, pytest: bool = True,
                read_paths: Sequence[str] = ()) -> Iterator[TestWorker]:
         """A worker for runs under `limits` with `python` that may read `read_paths` (the project);
         `pytest=False` for runs without pytest tests."""
@@ -267,7 +254,7 @@ class WorkerPool:
         worker = self._acquire(key)
         if worker is None:
             try:
-                worker = TestWorker(python, limits, env, pytest=pytest, read_paths=key.read_paths)
+                worker = TestWorker(python, limits, pytest=pytest, read_paths=key.read_paths)
             except BaseException:
                 self._release(key, None)
                 raise
@@ -321,7 +308,7 @@ class WorkerPool:
         server setting), plus two, so that idle workers of another kind (pytest, the debugger's) stay warm."""
         return self._size or max_test_processes() + 2
 
-    def prestart(self, python: str, limits: Limits, env: Mapping[str, str], *, pytest: bool = True,
+    def prestart(self, python: str, limits: Limits, *, pytest: bool = True,
                  read_paths: Sequence[str] = ()) -> None:
         """Start a worker in the background, so that the first run finds it warm (a server calls this when
         a client connects): a run that needs it meanwhile waits for it instead of starting a second, cold one
@@ -340,7 +327,7 @@ class WorkerPool:
         def start() -> None:
             worker = None
             try:
-                worker = TestWorker(python, limits, env, pytest=pytest, read_paths=key.read_paths)
+                worker = TestWorker(python, limits, pytest=pytest, read_paths=key.read_paths)
             except WorkerError as error:
                 logger.warning("%s", error)
             finally:

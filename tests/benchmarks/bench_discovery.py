@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from lsprotocol import types
 from pytest_lsp.client import make_test_lsp_client
+from timing import median_seconds
 
 from nextls.discovery import discover_all_tests, discover_tests
 from nextls.splice import list_functions
@@ -40,15 +40,6 @@ def write_workspace(root: Path, count: int, failing_every: int = 0) -> tuple[Pat
     (root / "mod.py").write_text(module)
     (root / "test_mod.py").write_text(tests)
     return root / "mod.py", module
-
-
-def median_seconds(run, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 async def diagnostics_through_the_server(root: Path, file: Path, expected: int) -> tuple[float, float, float]:

@@ -18,13 +18,14 @@ import json
 import os
 import platform
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from timing import median_seconds
 
 from nextls.discovery import discover_tests, target_module
 from nextls.runner import HARNESS, RunConfig, TargetModule, TestCase, run_tests
@@ -60,15 +61,6 @@ def test_cases(a, b):
     assert add(a, b) == a + b
 '''
 LIMITS = Limits(wall_time=10.0)
-
-
-def median_seconds(action, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def candidate_sources(count: int) -> list[str]:

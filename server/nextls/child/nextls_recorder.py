@@ -153,8 +153,8 @@ class TargetMatcher:
 
 
 class _TargetHook:
-    """Installs `_profile` (which picks the target's frames to line-trace) and, when no global trace
-    function is there (no debugger), a no-op one: line events need it."""
+    """Installs the subclass's `_profile` (which picks the target's frames to line-trace) and, when no
+    global trace function is there (no debugger), a no-op one: line events need it."""
 
     def __init__(self, filename: str, qualname: str) -> None:
         self._is_target = TargetMatcher(filename, qualname)
@@ -173,9 +173,6 @@ class _TargetHook:
         if self._installed_global_trace:
             sys.settrace(None)
             self._installed_global_trace = False
-
-    def _profile(self, frame, event: str, arg: object) -> None:
-        raise NotImplementedError
 
 
 class LineCoverage(_TargetHook):

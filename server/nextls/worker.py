@@ -304,9 +304,10 @@ class WorkerPool:
 
     @property
     def size(self) -> int:
-        """By default as many workers as test processes may run at once (the sandbox's global cap, a
-        server setting), plus two, so that idle workers of another kind (pytest, the debugger's) stay warm."""
-        return self._size or max_test_processes() + 2
+        """By default as many workers as test processes may run at once (the sandbox's global cap, a server
+        setting): a worker started beyond that would only wait for a turn; an idle one of another kind
+        (pytest, the debugger's) makes room."""
+        return self._size or max_test_processes()
 
     def prestart(self, python: str, limits: Limits, *, pytest: bool = True,
                  read_paths: Sequence[str] = ()) -> None:

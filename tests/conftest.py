@@ -13,6 +13,12 @@ from tiny_gguf import build_tiny_llama_gguf, smollm2_gguf_path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Models merged with an adapter (nextls.merge) are cached in $XDG_CACHE_HOME: the tests' own, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 2-layer llama GGUF with SmolLM2's tokenizer and chat template (~8 MB), built once."""

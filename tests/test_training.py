@@ -282,11 +282,14 @@ def test_filter_keeps_exactly_the_passing_samples(run: Run, tmp_path: Path) -> N
         by_kind.setdefault(kind(item), set()).add(verdicts[(item["task"], item["index"])]["status"])
     assert by_kind == {"fix": {"verified"}, "fix-with-trace-comments": {"verified"}, "bug-unchanged": {"rejected"},
                        "wrong-fix": {"failing"}, "prose": {"rejected"}, "syntax-error": {"rejected"}}
-    # A kept example is in the answer shape the server parses, with the trace comments gone.
+    # A kept example is in the answer shape the server parses (the patch of the buggy function), with the
+    # trace comments gone.
     by_id = {task.id: task for task in tasks}
     for row in kept:
         task = by_id[row["task"]]
-        parsed = parse_answer(row["answer"], task.function_name)
+        assert "```diff\n" in row["answer"]
+        buggy = _function(task.buggy_code, task.function_name)
+        parsed = parse_answer(row["answer"], task.function_name, original=buggy)
         assert parsed.usable and "# (1)" not in parsed.code
         assert parsed.code.strip() == _function(task.fix_code, task.function_name).strip()
     assert summary["pass_at_1"] == pytest.approx(len(PASSING) / len(sampler.kinds), abs=1e-3)

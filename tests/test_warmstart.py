@@ -27,12 +27,18 @@ def config_for(tmp_path: Path, cap: int) -> RunConfig:
 
 
 def test_an_answer_is_the_reference_fix_in_the_served_shape() -> None:
-    task = two_problems()[0]
-    answer = warmstart_answer(task, variant=task_variant(task.id, 0))
-    parsed = parse_answer(answer["answer"], task.function_name)
-    reference = function_source(task.fix_code, find_function(task.fix_code, task.function_name))
-    assert parsed.usable and parsed.code.strip() == reference.strip()
-    assert parsed.rationale.strip() == answer["rationale"]
+    for task in two_problems()[:4]:
+        answer = warmstart_answer(task, variant=task_variant(task.id, 0))
+        buggy = function_source(task.buggy_code, find_function(task.buggy_code, task.function_name))
+        reference = function_source(task.fix_code, find_function(task.fix_code, task.function_name))
+        # The changed lines only (a ```diff block the server's parser applies to the buggy function), or the
+        # whole function when the fix rewrites it.
+        block = answer["answer"].split("```", 1)[1]
+        assert block.startswith(("diff\n", "python\n"))
+        assert len(block) <= 1.5 * len(reference) + len("python\n```")
+        parsed = parse_answer(answer["answer"], task.function_name, original=buggy)
+        assert parsed.usable and parsed.code.strip() == reference.strip()
+        assert parsed.rationale.strip() == answer["rationale"]
 
 
 def test_kept_answers_are_verified_capped_and_resumed(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+from nextls.patch import PatchError, apply_patch, looks_like_patch
 from nextls.splice import dedent_code, parse_python
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -59,6 +60,7 @@ class _Block:
     code: str  # dedented
     first_line: int  # 0-based line of the answer where the block (its opening fence) starts
     truncated: bool
+    raw: str = ""  # a fenced block's lines as written (a patch's prefixes are its first column)
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,11 @@ class _ParsedBlock:
     all_functions: tuple[str, ...]  # module-level functions and methods
 
 
-def parse_answer(text: str, function_name: str) -> Candidate:
+def parse_answer(text: str, function_name: str, original: str | None = None) -> Candidate:
     """The fix for ``function_name`` (a name, or a qualname whose last part is used) proposed by ``text``.
 
+    With ``original`` (the buggy function's source), an answer whose last code block is a patch
+    (``nextls.patch``: the lines to remove and to add) gives ``original`` patched.
     Never raises: every answer gives either a usable candidate or a reject reason.
     """
     lines = _LINE_BREAK_RE.sub("\n", text).split("\n")
@@ -82,6 +86,8 @@ def parse_answer(text: str, function_name: str) -> Candidate:
     blocks = [_parse_block(block) for block in _code_blocks(lines)]
     if not blocks:
         return _rejected(lines, len(lines), NO_CODE)
+    if original is not None and looks_like_patch(blocks[-1].block.raw):
+        return _patched(blocks[-1].block, original, lines)
     defining = _last(blocks, lambda parsed: name in parsed.all_functions)
     if defining is not None:
         return _candidate(defining, name, lines)
@@ -130,6 +136,18 @@ def _candidate(parsed: _ParsedBlock, name: str, lines: list[str]) -> Candidate:
     return Candidate(rationale, function_code, reject_reason=None, renamed_from=renamed_from, imports=imports)
 
 
+def _patched(block: _Block, original: str, lines: list[str]) -> Candidate:
+    rationale = _prose_before(lines, block.first_line)
+    try:
+        code = apply_patch(dedent_code(original), block.raw)
+    except PatchError as error:
+        reason = CUT_OFF if block.truncated else f"the patch does not apply: {error}"
+        return Candidate(rationale, code=None, reject_reason=reason)
+    if isinstance(_parse(code), str):
+        return Candidate(rationale, code=None, reject_reason=f"syntax error in the patched function: {_parse(code)}")
+    return Candidate(rationale, code, reject_reason=None)
+
+
 def _rejected(lines: list[str], first_code_line: int, reason: str) -> Candidate:
     return Candidate(_prose_before(lines, first_code_line), code=None, reject_reason=reason)
 
@@ -157,9 +175,8 @@ def _fenced_blocks(lines: list[str]) -> list[_Block]:
         fence = opening["fence"]
         closing_re = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
         end = next((row for row in range(index + 1, len(lines)) if closing_re.match(lines[row])), len(lines))
-        blocks.append(
-            _Block(dedent_code("\n".join(lines[index + 1 : end])), index, truncated=end == len(lines))
-        )
+        raw = "\n".join(lines[index + 1 : end])
+        blocks.append(_Block(dedent_code(raw), index, truncated=end == len(lines), raw=raw))
         index = end + 1
     return blocks
 

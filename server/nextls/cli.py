@@ -104,7 +104,8 @@ def command_trace(args: argparse.Namespace) -> int:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="X.gguf", help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--lora", metavar="A.gguf", help="LoRA adapter GGUF applied on top of the model")
+    parser.add_argument("--lora", metavar="A.gguf", help="LoRA adapter GGUF applied on top of the model "
+                        "(default: the bundled NExT checkpoint, on the default model; `none`: no adapter)")
     parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
     parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: llama.cpp's choice)")
     parser.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default: %(default)s)")
@@ -121,11 +122,12 @@ def load_runtime(args: argparse.Namespace):
     from nextls.model import LlamaRuntime, default_lora, resolve_model
 
     model = resolve_model(args.model)
-    lora = args.lora or default_lora(model)
+    lora = None if args.lora == "none" else args.lora or default_lora(model)
     say(f"loading {model.name}" + (f" + {Path(lora).name}" if lora else ""))
     runtime = LlamaRuntime(model, lora_path=lora, n_ctx=args.ctx, n_threads=args.threads,
                            n_gpu_layers=args.gpu_layers, seed=args.seed)
-    say(f"model on {runtime.device}")
+    merged = f" (adapter merged: {runtime.weights_path})" if runtime.merged else ""
+    say(f"model on {runtime.device}{merged}")
     return runtime
 
 

@@ -117,6 +117,7 @@ class FixReport:
     device: str = ""  # where the model ran; "" when it was not sampled
     model: str = ""  # the GGUF model file that was sampled, and the LoRA adapter applied on it ("": none)
     adapter: str = ""
+    adapter_merged: bool = False  # merged into the model once (nextls.merge), not applied at every token
     search: SearchOutcome | None = None
 
     @property
@@ -129,7 +130,7 @@ class FixReport:
 
     def to_json(self) -> dict:
         return {"function": self.trace.span.qualname, "file": str(self.trace.file), "device": self.device,
-                "model": self.model, "adapter": self.adapter,
+                "model": self.model, "adapter": self.adapter, "adapter_merged": self.adapter_merged,
                 "tests": [result.to_json() for result in self.trace.results],
                 "traced_test": self.trace.traced_test.id if self.trace.traced_test else None,
                 "trace": self.trace.rendered, "prompt": self.prompt,
@@ -209,6 +210,7 @@ def fix_function(file: Path, target: str | int, runtime: LlamaRuntime | None = N
     report.device = runtime.device
     report.model = str(getattr(runtime, "model_path", "") or "")
     report.adapter = str(getattr(runtime, "lora_path", "") or "")
+    report.adapter_merged = bool(getattr(runtime, "merged", False))
     report.prompt = runtime.format_chat(build_messages(repair_task(traced), use_trace=options.use_trace))
     samples: list[FixCandidate] = []
 
@@ -262,7 +264,7 @@ class Verifier:
 
     def check(self, index: int, generation: Generation) -> FixCandidate:
         """Verify a model answer."""
-        candidate = parse_answer(generation.text, self.span.name)
+        candidate = parse_answer(generation.text, self.span.name, original=self.old_function)
         if candidate.usable:
             candidate = replace(candidate, code=strip_trace_comments(candidate.code))
         result = FixCandidate(index=index, generation=generation, candidate=candidate)

@@ -187,6 +187,7 @@ class LlamaRuntime:
         n_gpu_layers: int = -1,
         seed: int = 0,
         verbose: bool = False,
+        merge_lora: bool = True,
     ) -> None:
         if llama_cpp is None:
             raise ModelLoadError("llama-cpp-python is not installed: pip install llama-cpp-python", None)
@@ -195,6 +196,12 @@ class LlamaRuntime:
         for path in (self.model_path, self.lora_path):
             if path is not None:
                 _check_is_gguf(path)
+        # The adapter merged into the base once (nextls.merge) decodes at the base's speed; applied at run
+        # time by llama.cpp it halves decoding on a CPU. `weights_path` is the file llama.cpp loads.
+        self.merged = merge_lora and self.lora_path is not None
+        self.weights_path = self._merged_weights() if self.merged else None
+        if self.weights_path is None:  # no adapter, or no writable cache: llama.cpp applies it at run time
+            self.merged, self.weights_path = False, self.model_path
         self._lock = threading.RLock()
         self._next_seed = seed
         self.gpu_offload_supported: bool = llama_cpp.llama_supports_gpu_offload()
@@ -202,6 +209,17 @@ class LlamaRuntime:
         self._llm = self._load(n_ctx, n_threads, gpu_layers, verbose)
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self.device = self._describe_device(gpu_layers)
+
+    def _merged_weights(self) -> Path | None:
+        from nextls.merge import merged_model
+
+        try:
+            return merged_model(self.model_path, self.lora_path)
+        except OSError:
+            return None
+        except (ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot merge LoRA adapter {self.lora_path} into {self.model_path.name}: {error}",
+                                 self.lora_path) from error
 
     def _load(self, n_ctx: int, n_threads: int | None, n_gpu_layers: int, verbose: bool) -> llama_cpp.Llama:
         # Llama(verbose=False) points file descriptors 1 and 2 at /dev/null while it loads, which would
@@ -215,8 +233,8 @@ class LlamaRuntime:
             try:
                 with quiet_python:
                     llm = llama_cpp.Llama(
-                        model_path=str(self.model_path),
-                        lora_path=str(self.lora_path) if self.lora_path else None,
+                        model_path=str(self.weights_path),
+                        lora_path=str(self.lora_path) if self.lora_path and not self.merged else None,
                         n_ctx=n_ctx,
                         n_threads=n_threads,
                         n_threads_batch=n_threads,
@@ -232,7 +250,7 @@ class LlamaRuntime:
                 raise ModelLoadError(f"cannot load {culprit}: {reason}", culprit) from error
             # llama-cpp-python (0.3.36) misses a failed adapter load: it compares the returned NULL pointer
             # object with None, then runs without the adapter. A NULL ctypes pointer is falsy.
-            if self.lora_path is not None and not llm._lora_adapter:
+            if self.lora_path is not None and not self.merged and not llm._lora_adapter:
                 llm.close()
                 reason = _native_log.reason() or "llama.cpp rejected the adapter"
                 raise ModelLoadError(f"cannot load LoRA adapter {self.lora_path}: {reason}", self.lora_path)

@@ -5,13 +5,17 @@ the model's text. The server and the training both call these two functions and 
 text a checkpoint was trained on is, byte for byte, the text it is served (a test pins it).
 
 The model is asked for a rationale (what the function should do, what the trace shows, where they
-diverge) followed by the fixed function in one fenced block: `format_answer` writes that shape for
-training targets, `nextls.answer.parse_answer` reads it back.
+diverge) followed by the fix in one fenced block: the lines of the function to remove and the lines to put
+in their place (`nextls.patch`), since a small model asked for the whole function mostly copies it back
+unchanged. `format_answer` writes that shape for training targets, `nextls.answer.parse_answer` reads it
+back (and still accepts a whole fixed function, which untuned models tend to write).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from nextls.patch import write_patch
 
 SYSTEM_PROMPT = (
     "You are an expert Python programmer. You find bugs by reading a program's execution trace "
@@ -26,8 +30,8 @@ TRACE_EXPLANATION = (
 
 INSTRUCTIONS = (
     "First explain, in a few sentences, what the function should do, what {evidence} shows it doing "
-    "instead, and where the two diverge. Then give the complete fixed function `{name}` in one "
-    "```python code block."
+    "instead, and where the two diverge. Then give the fix of `{name}` in one ```diff code block: each "
+    "line to change prefixed with `-`, then its replacement prefixed with `+`."
 )
 
 
@@ -66,9 +70,14 @@ def build_messages(task: RepairTask, *, use_trace: bool = True) -> list[dict[str
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-def format_answer(rationale: str, fixed_code: str) -> str:
-    """The answer shape the model is taught: the rationale, then the fixed function in one block."""
-    return f"{rationale.strip()}\n\n```python\n{fixed_code.strip()}\n```"
+def format_answer(rationale: str, fixed_code: str, original: str | None = None) -> str:
+    """The answer shape the model is taught: the rationale, then the patch from `original` (the buggy
+    function) to `fixed_code` in a ```diff block; the whole fixed function in a ```python block instead when
+    the patch is half again as long (a rewrite) or there is no `original` (the parser reads both shapes)."""
+    patch = write_patch(original, fixed_code) if original is not None else None
+    if patch is None or len(patch) > 1.5 * len(fixed_code.strip()):
+        return f"{rationale.strip()}\n\n```python\n{fixed_code.strip()}\n```"
+    return f"{rationale.strip()}\n\n```diff\n{patch}\n```"
 
 
 def _fenced(code: str) -> str:

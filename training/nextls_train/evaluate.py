@@ -476,7 +476,10 @@ def results_table(summaries: Sequence[dict[str, Any]], settings: EvalSettings) -
                        " tasks" + (f" ({max(s['tasks_hidden'] for s in summaries if s['dataset'] == d)} with hidden "
                                    "tests)" if d in hidden else "") for d in datasets)
     lines += ["", f"Verified-fix rates in % with 95% Wilson intervals over tasks, {settings.backend} backend, max "
-              f"{settings.max_new_tokens} new tokens, sampling at T={settings.temperature}, top-p {settings.top_p}. "
+              f"{settings.max_new_tokens} new tokens, "
+              + ", ".join(["greedy pass@1 at T=0"] * settings.greedy + [
+                  f"pass@k sampled at T={settings.temperature}, top-p {settings.top_p}"] * bool(settings.samples))
+              + ". "
               f"Tasks: {counts}. \"correct\": the fix passes the visible and the hidden tests (over the tasks that "
               "have hidden tests)."]
     if "mbpp-r-dev" in datasets:

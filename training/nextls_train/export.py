@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nextls.merge import copy_metadata, save
 from nextls_train.config import RunConfig
 from nextls_train.models import Base, load_model, load_tokenizer, prompt_ids
 from nextls_train.records import Logger, write_json
@@ -117,7 +118,7 @@ def write_adapter_gguf(adapter: Path, base: Base, out: Path) -> Path:
             lora_b = _permute(lora_b, *heads)  # B's rows are the weight's output rows
         writer.add_tensor(f"{gguf_name}.lora_a", np.ascontiguousarray(lora_a))
         writer.add_tensor(f"{gguf_name}.lora_b", np.ascontiguousarray(lora_b))
-    _write(writer)
+    save(writer)
     return out
 
 
@@ -137,13 +138,7 @@ def write_merged_gguf(hf_dir: Path, base_gguf: Path, out: Path, dtype: str = "f1
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out, arch)
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type",
-                                                "general.quantization_version"):
-            continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), value_type, sub_type)
+    copy_metadata(reader, writer, skip=("general.file_type", "general.quantization_version"))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     for tensor in reader.tensors:
         hf_name = by_gguf.get(tensor.name)
@@ -156,15 +151,8 @@ def write_merged_gguf(hf_dir: Path, base_gguf: Path, out: Path, dtype: str = "f1
         if dtype == "f16" and value.ndim == 2:
             value = value.astype(np.float16)
         writer.add_tensor(tensor.name, np.ascontiguousarray(value))
-    _write(writer)
+    save(writer)
     return out
-
-
-def _write(writer: Any) -> None:
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def find_converter() -> Path:
